@@ -1,0 +1,1 @@
+"""Shared core of layerzoo: registry, data, engine, checkpoints, logging, distributed, FLOPs."""
