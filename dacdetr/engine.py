@@ -1,0 +1,302 @@
+"""Training and evaluation loops of DAC-DETR (device-agnostic, with or without DDP)."""
+import copy
+import datetime
+import math
+import time
+from collections import defaultdict, deque
+
+import torch
+
+from common.distributed import all_reduce_mean, get_world_size, is_dist
+from dacdetr.datasets.coco_eval import CocoEvaluator
+
+__all__ = [
+    "train_one_epoch", "evaluate", "NonFiniteLossError", "MetricLogger", "SmoothedValue",
+    "balance_targets", "reduce_dict", "unwrap_model", "BALANCE_NUM_TRAIN", "BALANCE_NUM_EVAL",
+]
+
+BALANCE_NUM_TRAIN = 3  # one-to-many targets: every gt repeated 3x (normaliser 3 * num_gt)
+BALANCE_NUM_EVAL = 2   # the official eval value (the C-decoder losses are only logged there)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The total loss became NaN/inf; training must stop (the last checkpoint is kept)."""
+
+
+# ---------------------------------------------------------------- logging helpers
+class SmoothedValue:
+    """Windowed median/average plus the global average of a scalar series."""
+
+    def __init__(self, window_size=20, fmt="{median:.4f} ({global_avg:.4f})"):
+        self.deque = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value, n=1):
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self):
+        if not is_dist():
+            return
+        t = all_reduce_mean(torch.tensor([self.count, self.total], dtype=torch.float64,
+                                         device=_comm_device())) * get_world_size()
+        self.count, self.total = int(t[0].item()), t[1].item()
+
+    @property
+    def median(self):
+        return torch.tensor(list(self.deque)).median().item() if self.deque else 0.0
+
+    @property
+    def avg(self):
+        return sum(self.deque) / len(self.deque) if self.deque else 0.0
+
+    @property
+    def global_avg(self):
+        return self.total / max(self.count, 1)
+
+    @property
+    def max(self):
+        return max(self.deque) if self.deque else 0.0
+
+    @property
+    def value(self):
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self):
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
+                               max=self.max, value=self.value)
+
+
+def _comm_device():
+    import torch.distributed as dist
+
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class MetricLogger:
+    def __init__(self, delimiter="  "):
+        self.meters = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, **kwargs):
+        for k, v in kwargs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.meters[k].update(float(v))
+
+    def add_meter(self, name, meter):
+        self.meters[name] = meter
+
+    def synchronize_between_processes(self):
+        for m in self.meters.values():
+            m.synchronize_between_processes()
+
+    def __str__(self):
+        return self.delimiter.join(f"{k}: {m}" for k, m in self.meters.items())
+
+    def log_every(self, iterable, print_freq, header=""):
+        n = len(iterable)
+        width = len(str(n))
+        start = end = time.time()
+        iter_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
+        for i, obj in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == n - 1:
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n - i)))
+                parts = [header, f"[{i:{width}d}/{n}]", f"eta: {eta}", str(self),
+                         f"time: {iter_time}", f"data: {data_time}"]
+                if torch.cuda.is_available():
+                    parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2 ** 20:.0f}")
+                print(self.delimiter.join(parts), flush=True)
+            end = time.time()
+        total = time.time() - start
+        print(f"{header} Total time: {datetime.timedelta(seconds=int(total))} "
+              f"({total / max(n, 1):.4f} s / it)", flush=True)
+
+
+def reduce_dict(input_dict, average=True):
+    """Average (or sum) a dict of scalar tensors over processes, for logging."""
+    if not is_dist() or not input_dict:
+        return {k: v.detach() for k, v in input_dict.items()}
+    with torch.no_grad():
+        names = sorted(input_dict.keys())
+        values = torch.stack([input_dict[k].detach().float().reshape(()) for k in names])
+        values = all_reduce_mean(values) if average else all_reduce_mean(values) * get_world_size()
+    return dict(zip(names, values))
+
+
+def unwrap_model(model):
+    """The bare detector behind DistributedDataParallel / DataParallel (or the model itself)."""
+    return model.module if isinstance(
+        model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+
+
+def balance_targets(targets, balance_num):
+    """Deep copy of ``targets`` with boxes/labels repeated ``balance_num`` times (one-to-many)."""
+    out = copy.deepcopy(list(targets))
+    for t in out:
+        t["boxes"] = t["boxes"].repeat(balance_num, 1)
+        t["labels"] = t["labels"].repeat(balance_num)
+    return out
+
+
+def _to_device(samples, targets, device):
+    samples = samples.to(device, non_blocking=True)
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    return samples, targets
+
+
+def _autocast(device, enabled):
+    device = torch.device(device)
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+# ---------------------------------------------------------------- training
+def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, max_norm=0.0,
+                    use_wandb=False, use_fp16=False, scaler=None, print_freq=10):
+    """One pass over ``data_loader``; returns {meter: global average}.
+
+    Loss = sum(loss_dict[k] * criterion.weight_dict[k]); the criterion is called as
+    ``criterion(outputs, targets, balance_targets)`` with the one-to-many targets repeated
+    ``BALANCE_NUM_TRAIN`` times. A non-finite loss raises :class:`NonFiniteLossError` before
+    any parameter is touched.
+    """
+    model.train()
+    criterion.train()
+    logger = MetricLogger(delimiter="  ")
+    logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
+    logger.add_meter("grad_norm", SmoothedValue(window_size=1, fmt="{value:.2f}"))
+    header = f"Epoch: [{epoch}]"
+    if use_fp16 and scaler is None:
+        scaler = torch.amp.GradScaler(torch.device(device).type)
+    wandb = _maybe_wandb(use_wandb)
+    n_steps = len(data_loader)
+
+    for step, (samples, targets) in enumerate(logger.log_every(data_loader, print_freq, header)):
+        samples, targets = _to_device(samples, targets, device)
+        with _autocast(device, use_fp16):
+            outputs = model(samples, targets)
+            loss_dict = criterion(outputs, targets, balance_targets(targets, BALANCE_NUM_TRAIN))
+        weight_dict = criterion.weight_dict
+        losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
+
+        reduced = reduce_dict(loss_dict)
+        reduced_scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
+        reduced_unscaled = {f"{k}_unscaled": v for k, v in reduced.items()}
+        loss_value = float(sum(reduced_scaled.values()))
+        if not math.isfinite(loss_value):
+            bad = sorted(k for k, v in reduced.items() if not torch.isfinite(v).all())
+            raise NonFiniteLossError(
+                f"Loss is {loss_value} at epoch {epoch}, step {step}/{n_steps}; stopping training. "
+                f"Non-finite terms: {bad or 'none (the weighted sum overflowed)'}")
+
+        optimizer.zero_grad()
+        if scaler is not None:
+            scaler.scale(losses).backward()
+            scaler.unscale_(optimizer)
+        else:
+            losses.backward()
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+        logger.update(loss=loss_value, **reduced_scaled, **reduced_unscaled)
+        if "class_error" in reduced:
+            logger.update(class_error=reduced["class_error"])
+        logger.update(lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm)
+        if wandb is not None:
+            wandb.log({k: float(v) for k, v in reduced.items()})
+
+    logger.synchronize_between_processes()
+    print("Averaged stats:", logger, flush=True)
+    return {k: m.global_avg for k, m in logger.meters.items()}
+
+
+def _maybe_wandb(use_wandb):
+    if not use_wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("warning: --use_wandb given but wandb is not installed; not logging to wandb")
+        return None
+    return wandb if getattr(wandb, "run", None) is not None else None
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, criterion, postprocessors, data_loader, base_ds, device, output_dir="",
+             use_wandb=False, print_freq=10):
+    """Run ``model(samples, None)``, log the criterion's losses, post-process with
+    ``postprocessors["bbox"]`` (boxes in original image pixels) and evaluate with COCOeval.
+
+    Returns (stats, coco_evaluator); ``stats["coco_eval_bbox"]`` is the 12-number COCO summary.
+    """
+    net = unwrap_model(model)
+    # evaluate the one-to-one queries only (as the official code; no-op for models without them)
+    saved = {}
+    if hasattr(net, "num_queries_one2one") and hasattr(net, "num_queries"):
+        saved["num_queries"] = net.num_queries
+        net.num_queries = net.num_queries_one2one
+        tr = getattr(net, "transformer", None)
+        if tr is not None and hasattr(tr, "two_stage_num_proposals"):
+            saved["two_stage_num_proposals"] = tr.two_stage_num_proposals
+            tr.two_stage_num_proposals = net.num_queries
+    model.eval()
+    if criterion is not None:
+        criterion.eval()
+
+    logger = MetricLogger(delimiter="  ")
+    logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
+    iou_types = tuple(k for k in ("bbox",) if k in postprocessors)
+    evaluator = CocoEvaluator(base_ds, iou_types) if (base_ds is not None and iou_types) else None
+    try:
+        for samples, targets in logger.log_every(data_loader, print_freq, "Test:"):
+            samples, targets = _to_device(samples, targets, device)
+            outputs = model(samples, None)
+            if criterion is not None:
+                loss_dict = criterion(outputs, targets, balance_targets(targets, BALANCE_NUM_EVAL))
+                wd = criterion.weight_dict
+                reduced = reduce_dict(loss_dict)
+                scaled = {k: v * wd[k] for k, v in reduced.items() if k in wd}
+                logger.update(loss=sum(scaled.values()), **scaled,
+                              **{f"{k}_unscaled": v for k, v in reduced.items()})
+                if "class_error" in reduced:
+                    logger.update(class_error=reduced["class_error"])
+            orig_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
+            results = postprocessors["bbox"](outputs, orig_sizes)
+            if evaluator is not None:
+                evaluator.update({int(t["image_id"].item()): r for t, r in zip(targets, results)})
+    finally:
+        for k, v in saved.items():
+            if k == "num_queries":
+                net.num_queries = v
+            else:
+                net.transformer.two_stage_num_proposals = v
+
+    logger.synchronize_between_processes()
+    print("Averaged stats:", logger, flush=True)
+    stats = {k: m.global_avg for k, m in logger.meters.items()}
+    if evaluator is not None:
+        evaluator.synchronize_between_processes()
+        evaluator.accumulate()
+        evaluator.summarize()
+        stats["coco_eval_bbox"] = evaluator.coco_eval["bbox"].stats.tolist()
+    wandb = _maybe_wandb(use_wandb)
+    if wandb is not None and "coco_eval_bbox" in stats:
+        wandb.log({"AP": stats["coco_eval_bbox"][0]})
+    return stats, evaluator
