@@ -568,6 +568,25 @@ def test_one2many_branch_normaliser_and_reproducibility():
     assert a["loss_ce"].item() == pytest.approx(ref, rel=1e-6)
 
 
+def test_num_boxes_is_averaged_over_ranks(monkeypatch):
+    import common.distributed as cdist
+
+    gen = torch.Generator().manual_seed(12)
+    out, _ = make_outputs(gen, with_dn=False, layers=1)
+    out.pop("aux_outputs")
+    targets = make_targets(gen, [2, 1])  # 3 boxes here
+    crit = _toy_criterion()
+    single = crit(out, targets, repeat3(targets))
+    # pretend a second rank holds 5 boxes (15 balanced): normalisers become 4 and 12
+    monkeypatch.setattr(cdist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(cdist, "all_reduce_sum", lambda t: t + (5.0 if t.item() == 3 else 15.0))
+    dist = crit(out, targets, repeat3(targets))
+    for k in ("loss_bbox_one2one", "loss_giou_one2one", "loss_ce_enc"):
+        assert dist[k].item() * 4 == pytest.approx(single[k].item() * 3, rel=1e-12)
+    for k in ("loss_bbox", "loss_ce"):
+        assert dist[k].item() * 12 == pytest.approx(single[k].item() * 9, rel=1e-12)
+
+
 def test_zero_gt_image_and_empty_batch():
     gen = torch.Generator().manual_seed(2)
     out, leaves = make_outputs(gen, max_gt=2)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import distributed as cdist
 from dacdetr.models.matcher import build_matcher
 from dacdetr.models.onetomany import Stage2Assigner
 from dacdetr.models.postprocess import NMSPostProcess
@@ -38,22 +39,10 @@ RANK_TAU = 1.5
 
 # ----------------------------------------------------------------------------- helpers
 def _dist_mean_count(count, device):
-    """All-reduce a box count over ranks, divide by world size, clamp at 1; returns a float."""
+    """Box count summed over ranks, divided by the world size, clamped at 1; returns a float."""
     t = torch.as_tensor([float(count)], dtype=torch.float, device=device)
-    world = 1
-    try:
-        from common import distributed as cdist
-
-        if cdist.get_world_size() > 1:
-            t = cdist.all_reduce_sum(t)
-            world = cdist.get_world_size()
-    except (ImportError, AttributeError):
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(t)
-            world = dist.get_world_size()
-    return torch.clamp(t / world, min=1).item()
+    t = cdist.all_reduce_sum(t)
+    return torch.clamp(t / cdist.get_world_size(), min=1).item()
 
 
 def _top1_accuracy(logits, target):
