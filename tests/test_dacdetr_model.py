@@ -447,3 +447,53 @@ def test_frozen_bn_formula_and_swin_shapes():
     mask = swin.layers[0]._shift_mask(14, 14, torch.device("cpu"))
     assert set(mask.unique().tolist()) == {0.0, -100.0} and mask.shape == (4, 49, 49)
     assert (mask[0] == 0).all()
+
+
+def test_pretrained_backbone_files_are_read_when_present(tmp_path):
+    import torchvision
+
+    from dacdetr.models.swin import SwinTransformer, load_swin_pretrained
+
+    # ResNet: an ImageNet-style file (with classifier and BN counters) is read from disk
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None)
+    path = tmp_path / "resnet50-test.pth"
+    torch.save(net.state_dict(), path)
+    model = build(_args(TINY_FLAGS, "--pretrained_backbone_path", str(path)))
+    body = model.backbone[0].body
+    assert torch.equal(body.layer3[1].conv2.weight, net.layer3[1].conv2.weight)
+    assert torch.equal(body.bn1.running_var, net.bn1.running_var)
+
+    # Swin: classification checkpoint under "model", other window size -> bias tables resized
+    src = SwinTransformer(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
+    state = {k: v for k, v in src.state_dict().items()}
+    state["head.weight"] = torch.zeros(10, 256)
+    path = tmp_path / "swin.pth"
+    torch.save({"model": state}, path)
+    dst = SwinTransformer(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=12,
+                          out_indices=(1, 2, 3))
+    result = load_swin_pretrained(dst, str(path))
+    assert "head.weight" in result.unexpected_keys
+    assert torch.equal(dst.layers[1].blocks[0].mlp.fc1.weight, src.layers[1].blocks[0].mlp.fc1.weight)
+    table = dst.layers[0].blocks[0].attn.relative_position_bias_table
+    assert table.shape == (23 * 23, 1)
+    assert dst.layers[0].blocks[0].attn.relative_position_index.max() == 23 * 23 - 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_model_on_cuda_matches_cpu(tiny_model):
+    model = tiny_model.eval()
+    x = det_input((2, 3, 64, 96), 8).float()
+    with torch.no_grad():
+        cpu = model(x, None)
+        model.cuda()
+        gpu = model(x.cuda(), None)
+    try:
+        assert rel_err(gpu["pred_boxes"].cpu(), cpu["pred_boxes"]) < 1e-4
+        model.train()
+        out = model(x.cuda(), [{k: v.cuda() for k, v in t.items()} for t in _tiny_targets()])
+        out["pred_logits"].sum().backward()
+        assert out["dn_meta"]["output_known_lbs_bboxes"]["pred_boxes"].is_cuda
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.cpu().eval()
