@@ -58,6 +58,7 @@ __all__ = [
     "TrainingJob",
     "build_parser",
     "main",
+    "launch",
     "resolve_script",
     "validate_script_args",
     "expand_grid",
@@ -642,63 +643,70 @@ def prepare(argv):
     return opts, spec, script_path, points, params, folder
 
 
-def main(argv=None, out=None):
+def launch(argv, out=None):
+    """Do what the command line says; returns the submitit jobs (an empty list for --dry-run).
+    Raises LaunchError for anything found wrong before submission."""
     out = out or sys.stdout
+    opts, spec, script_path, points, params, folder = prepare(argv)
+    if opts.dry_run:
+        out.write(sbatch_script(params, folder, opts.python, map_count=len(points)) + "\n")
+        for label, args in points:
+            out.write(f"# task{' ' + label if label else ''}: {spec.path} {shlex.join(args)}\n")
+        return []
+    if not opts.local and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+        raise LaunchError(_no_slurm_message())
+    cwd = os.getcwd()
+    if opts.local:
+        pp = os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
+    ex = make_executor(opts, params, folder, opts.local)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # submitit creates the literal "%j" folder; the jobs use their own
+    calls = [TrainingJob(spec, script_path, args, cwd, python=opts.python, auto_resume=not opts.no_resume)
+             for _, args in points]
+    try:
+        if len(calls) == 1:
+            jobs = [ex.submit(calls[0])]
+        else:
+            with ex.batch():
+                jobs = [ex.submit(c) for c in calls]
+    except Exception as exc:  # sbatch refused (bad partition, controller down, ...)
+        detail = getattr(exc, "stderr", None) or str(exc)
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        raise LaunchError(f"submission failed: {detail.strip()}") from None
+    kind = "local job" if opts.local else "job"
+    tasks = params["ntasks_per_node"] * (1 if opts.local else params["nodes"])
+    for (label, args), job in zip(points, jobs):
+        out.write(f"Submitted {kind} {job.job_id}{' [' + label + ']' if label else ''}: {spec.path} "
+                  f"{shlex.join(args)} ({tasks} task{'s' if tasks > 1 else ''})\n")
+        out.write(f"  logs: {str(job.paths.stdout).replace('%t', '<rank>')} (+ .err)\n")
+        ck = option_value(args, spec.dir_option, spec.dir_default)
+        if ck:
+            out.write(f"  output folder: {os.path.join(cwd, ck)}\n")
+    out.flush()
+    if opts.wait:
+        failed = []
+        for job in jobs:
+            try:
+                res = job.results()
+                out.write(f"job {job.job_id} finished; checkpoint: {res[0].get('checkpoint')}\n")
+            except Exception as exc:
+                failed.append(job.job_id)
+                out.write(f"job {job.job_id} failed: {exc}\n")
+        if failed:
+            raise LaunchError("failed job(s): " + ", ".join(failed))
+    return jobs
+
+
+def main(argv=None, out=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        opts, spec, script_path, points, params, folder = prepare(argv)
-        if opts.dry_run:
-            out.write(sbatch_script(params, folder, opts.python, map_count=len(points)) + "\n")
-            for label, args in points:
-                out.write(f"# task{' ' + label if label else ''}: {spec.path} {shlex.join(args)}\n")
-            return 0
-        if not opts.local and (shutil.which("sbatch") is None or shutil.which("srun") is None):
-            raise LaunchError(_no_slurm_message())
-        cwd = os.getcwd()
-        if opts.local:
-            pp = os.environ.get("PYTHONPATH", "")
-            os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
-        ex = make_executor(opts, params, folder, opts.local)
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # submitit creates the literal "%j" folder; the jobs use their own
-        jobs_args = [TrainingJob(spec, script_path, args, cwd, python=opts.python, auto_resume=not opts.no_resume)
-                     for _, args in points]
-        try:
-            if len(jobs_args) == 1:
-                jobs = [ex.submit(jobs_args[0])]
-            else:
-                with ex.batch():
-                    jobs = [ex.submit(j) for j in jobs_args]
-        except Exception as exc:  # sbatch refused (bad partition, controller down, ...)
-            detail = getattr(exc, "stderr", None) or str(exc)
-            if isinstance(detail, bytes):
-                detail = detail.decode(errors="replace")
-            raise LaunchError(f"submission failed: {detail.strip()}") from None
-        kind = "local job" if opts.local else "job"
-        tasks = params["nodes"] * params["ntasks_per_node"] if not opts.local else (opts.tasks_per_node or max(1, opts.gpus_per_node))
-        for (label, args), job in zip(points, jobs):
-            logs = job.paths.stdout
-            out.write(f"Submitted {kind} {job.job_id}{' [' + label + ']' if label else ''}: {spec.path} "
-                      f"{shlex.join(args)} ({tasks} task{'s' if tasks > 1 else ''})\n")
-            out.write(f"  logs: {str(logs).replace('%t', '<rank>')} (+ .err)\n")
-            ck = option_value(args, spec.dir_option, spec.dir_default)
-            if ck:
-                out.write(f"  output folder: {os.path.join(cwd, ck)}\n")
-        out.flush()
-        if opts.wait:
-            failed = 0
-            for (label, _), job in zip(points, jobs):
-                try:
-                    res = job.results()
-                    out.write(f"job {job.job_id} finished: {res[0].get('checkpoint')}\n")
-                except Exception as exc:
-                    failed += 1
-                    out.write(f"job {job.job_id} failed: {exc}\n")
-            return 1 if failed else 0
-        return 0
+        launch(argv, out)
     except LaunchError as exc:
         sys.stderr.write(f"slurm/launch.py: error: {exc}\n")
         return 2
+    return 0
 
 
 if __name__ == "__main__":
