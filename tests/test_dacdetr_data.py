@@ -73,6 +73,12 @@ def test_demo_is_deterministic(demo_root, tmp_path):
         assert (tmp_path / rel).read_bytes() == (demo_root / rel).read_bytes()
 
 
+def test_demo_command_text():
+    from dacdetr.datasets import coco, demo
+
+    assert coco.DEMO_COMMAND == demo.DEMO_COMMAND
+
+
 def test_demo_cli(tmp_path):
     from dacdetr.datasets.demo import main
 

@@ -13,7 +13,6 @@ import torch.utils.data
 from PIL import Image
 
 from . import transforms as T
-from .demo import DEMO_COMMAND
 
 __all__ = [
     "CocoDetection", "ConvertCocoPolysToMask", "convert_coco_poly_to_mask",
@@ -23,6 +22,7 @@ __all__ = [
 OFFICIAL_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+DEMO_COMMAND = "python -m dacdetr.datasets.demo --out datasets/coco_demo"  # same text as demo.DEMO_COMMAND
 
 
 class CocoPathError(FileNotFoundError):
