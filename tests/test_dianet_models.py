@@ -341,3 +341,39 @@ def test_registry():
         dianet.create_model("dia_resnet50")
     with pytest.raises(ValueError):
         dianet.dia_resnet(30, block_name="bottleneck")
+
+
+# ------------------------------------------------------------------------------------------
+# benchmarks/throughput.py: alias resolution and one tiny in-process measurement
+# ------------------------------------------------------------------------------------------
+def _throughput_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "throughput.py")
+    spec = importlib.util.spec_from_file_location("layerzoo_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_throughput_aliases_and_tiny_run():
+    tp = _throughput_module()
+    expected = {"dianet:dia_resnet164": 1_946_132, "dianet:dia_preresnet164": 1_961_364,
+                "dianet:dia_wrn52_4": 12_298_516, "dianet:dia_resnext101_8x32": 33_006_020}
+    assert set(tp.ALIASES) == set(expected)
+    model, desc = tp.build_model("dianet:dia_resnet164")
+    assert _n_params(model) == expected["dianet:dia_resnet164"] and "depth=164" in desc
+    model, _ = tp.build_model("dianet:dia_wrn", {"depth": 10, "num_classes": 7})
+    assert model.fc.out_features == 7
+    args = tp.parse_args(["--models", "dianet:dia_resnet", "--device", "cpu", "--steps", "1",
+                          "--warmup", "1"])
+    cpu = torch.device("cpu")
+    rows = [tp.measure("dianet:dia_resnet", dict(depth=20, num_classes=10), 2, 32, p, cpu, args)
+            for p in ("fp32", "bf16")]
+    assert all(r["train_ips"] > 0 and r["eval_ips"] > 0 for r in rows)
+    table = tp.markdown_table(rows, "dianet:dia_resnet", cpu, compiled=False).splitlines()
+    assert len(table) == 4 and "| 1.00 | 1.00 | n/a |" in table[2]
+    # anchors only apply on GPU and at the anchor's batch/size
+    assert tp._anchor("dianet:dia_resnet164", "fp32", 128, 32, "train") == 917
+    assert tp._anchor("dianet:dia_resnet164", "bf16", 128, 32, "eval") == 1702
+    assert tp._anchor("dianet:dia_resnet164", "fp32", 64, 32, "train") is None
