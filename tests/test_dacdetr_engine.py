@@ -309,3 +309,27 @@ def test_main_two_processes_gloo(demo_root, tmp_path):
     assert len(log) == 1 and len(log[0]["test_coco_eval_bbox"]) == 12  # written once (rank 0)
     ck = torch.load(out / "checkpoint0000.pth", weights_only=False)
     assert not any(k.startswith("module.") for k in ck["model"])
+
+
+def test_real_detector_two_steps_and_eval(demo_root):
+    """The real DAC-DETR (small widths, frozen random ResNet-50) through train_one_epoch + evaluate."""
+    pytest.importorskip("dacdetr.models.deformable_detr")
+    args = _args(demo_root, "--with_box_refine", "--two_stage", "--mixed_selection", "--look_forward_twice",
+                 "--dropout", "0.0", "--input_scale", "0.1", "--num_queries_one2one", "30", "--enc_layers", "1",
+                 "--dec_layers", "2", "--hidden_dim", "64", "--dim_feedforward", "128", "--lr_backbone", "0")
+    torch.manual_seed(0)
+    model, crit, post = dmain.build_model(args)
+    ds = build_dataset("train", args)
+    dl = [collate_fn([ds[i], ds[i + 1]]) for i in (0, 2)]
+    opt = torch.optim.AdamW(dmain.build_param_groups(model, args), lr=args.lr, weight_decay=args.weight_decay)
+    head = model.class_embed[0].weight.detach().clone()
+    stats = train_one_epoch(model, crit, dl, opt, "cpu", 0, args.clip_max_norm)
+    assert math.isfinite(stats["loss"]) and stats["loss"] > 0
+    assert {"loss_ce", "loss_bbox_one2one", "loss_ce_dn", "loss_giou_enc"} <= set(stats)
+    assert not torch.equal(head, model.class_embed[0].weight)
+    vds = build_dataset("val", args)
+    vdl = torch.utils.data.DataLoader(torch.utils.data.Subset(vds, [0, 1]), 2, collate_fn=collate_fn)
+    n_before = model.num_queries
+    vstats, ev = evaluate(model, crit, post, vdl, get_coco_api_from_dataset(vds), "cpu")
+    assert len(vstats["coco_eval_bbox"]) == 12 and model.num_queries == n_before
+    assert sorted(ev.img_ids) == vds.ids[:2]
