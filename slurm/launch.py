@@ -41,7 +41,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -261,6 +260,10 @@ def apply_grid_point(spec, args, label, grid_args):
 # --------------------------------------------------------------------------------------------
 # Checking the script's arguments before submitting
 # --------------------------------------------------------------------------------------------
+def _warn(msg):
+    sys.stderr.write(f"slurm/launch.py: warning: {msg}\n")
+
+
 def _load_parser(spec, script_path):
     if spec.parser is None:
         return None, "the script table names no parser function"
@@ -290,7 +293,7 @@ def validate_script_args(spec, script_path, args, strict=True):
     False (with a warning) when the parser cannot be obtained."""
     parser, why = _load_parser(spec, script_path)
     if parser is None:
-        warnings.warn(f"not checking the arguments of {spec.path}: {why}", stacklevel=2)
+        _warn(f"not checking the arguments of {spec.path}: {why}")
         return False
     check_args = list(args)
     if spec.local_rank_option and _find_option(check_args, (spec.local_rank_option,)) is None:
@@ -627,7 +630,10 @@ def prepare(argv):
     opts = build_parser().parse_args(launcher_argv)
     spec, script_path = resolve_script(script)
     if not script_path.is_file():
-        raise LaunchError(f"{spec.path} is a known script but {script_path} does not exist")
+        if not opts.dry_run:
+            raise LaunchError(f"{spec.path} is a known script but {script_path} does not exist")
+        _warn(f"{script_path} does not exist (dry run: printing the sbatch script anyway)")
+        opts.no_check = True
     if opts.local and opts.nodes != 1:
         raise LaunchError("--local runs on this machine only: use --nodes 1")
     if opts.nodes < 1 or (opts.tasks_per_node is not None and opts.tasks_per_node < 1):

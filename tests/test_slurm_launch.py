@@ -19,7 +19,7 @@ DATA = REPO / "tests" / "data" / "slurm"
 DIANET = REPO / "dianet" / "cifar.py"
 TOY = L.ScriptSpec("toy_train.py", ("-c", "--checkpoint"), "checkpoint", "{dir}/checkpoint.pth.tar")
 DIANET_ARGS = ["-a", "dia_resnet", "--depth", "11", "--block-name", "bottleneck", "--demo", "--train-batch", "64",
-               "--manualSeed", "1", "--workers", "0", "--data-root", "datasets"]
+               "--manualSeed", "1", "--workers", "0", "--data-root", "datasets", "--sync-bn"]
 
 needs_dianet = pytest.mark.skipif(not DIANET.is_file(), reason="dianet/cifar.py is not in this checkout")
 
@@ -299,7 +299,7 @@ def test_slurm_dianet_two_task_ddp_matches_single_process(dianet_requeued_job):
     assert sorted(x["rank"] for x in r["results"]) == [0, 1]
     assert all(x["world_size"] == 2 and x["returncode"] == 0 for x in r["results"])
     assert (work / "ddp" / "checkpoint.pth.tar").is_file() and (work / "ddp" / "log.jsonl").is_file()
-    assert "Best acc:" in job.stdout(0)
+    assert "Best acc:" in job.task(0).stdout()
     head, ddp = log_rows(work / "ddp" / "log.txt")
     head1, single = log_rows(work / "single" / "log.txt")
     assert head == head1 and head.split("\t")[:5] == ["Learning Rate", "Train Loss", "Valid Loss", "Train Acc.",
@@ -319,7 +319,7 @@ def test_slurm_requeue_resumes_from_checkpoint(dianet_requeued_job):
     r = dianet_requeued_job
     work, job = r["work"], r["job"]
     assert r["requeued_at"] is not None and r["requeued_at"] < 2, "requeue must hit before the last epoch"
-    log = job.stdout(0)
+    log = job.task(0).stdout()
     assert log.count("[launch] rank 0/2") == 2  # started twice
     assert f"resuming from {work / 'ddp' / 'checkpoint.pth.tar'}" in log
     assert "--resume" in " ".join(r["results"][0]["args"])
