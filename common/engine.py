@@ -119,7 +119,7 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x):
         if not (self.training and D.is_dist()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed.nn.functional import all_reduce  # differentiable (grads are summed too)
 
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
@@ -153,6 +153,9 @@ def convert_sync_batchnorm(model):
         if type(child) is nn.BatchNorm2d:
             new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                   child.track_running_stats)
+            ref = next(iter(child.state_dict().values()))
+            new = new.to(device=ref.device, dtype=child.running_mean.dtype if child.running_mean is not None
+                          else ref.dtype)
             new.load_state_dict(child.state_dict())
             new.train(child.training)
             setattr(model, name, new)
