@@ -117,6 +117,12 @@ class _AttentionStage(nn.Module):
         return F.relu(x) if self.post_relu else x
 
 
+def _gap(x):
+    """Global average pool (B, C, H, W) -> (B, C), as the official unit (an adaptive pool, which FLOP counters
+    include: the paper models' 260.1M MACs count it)."""
+    return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
 class DIAStage(_AttentionStage):
     """Residual blocks sharing one :class:`DIALSTMCell`; state reset at the stage start."""
 
@@ -128,7 +134,7 @@ class DIAStage(_AttentionStage):
         state = None
         for block in self.ModuleList:
             out, shortcut = block(x)
-            a = out.mean(dim=(2, 3))
+            a = _gap(out)
             if state is None:
                 state = self.lstm.init_state(a)
             state = self.lstm(a, state)
@@ -155,7 +161,7 @@ class SharedFCStage(_AttentionStage):
     def forward(self, x):
         for block in self.ModuleList:
             out, shortcut = block(x)
-            mask = self.sharefc(out.mean(dim=(2, 3)))
+            mask = self.sharefc(_gap(out))
             x = self._combine(out, mask, shortcut)
         return x
 
@@ -560,3 +566,31 @@ def create_model(name, **kwargs):
 
 def list_models(pattern="*"):
     return REGISTRY.list_models(pattern)
+
+
+# The paper's four CIFAR-100 models under fixed names in timm (``timm.create_model('dia_resnet164')``).
+TIMM_MODELS = {
+    "dia_resnet164": (dia_resnet, dict(depth=164, block_name="bottleneck"), "fc"),
+    "dia_preresnet164": (dia_preresnet, dict(depth=164, block_name="bottleneck"), "fc"),
+    "dia_wrn52_4": (dia_wrn, dict(depth=52, widen_factor=4, dropRate=0.3), "fc"),
+    "dia_resnext101_8x32": (dia_resnext, dict(cardinality=8, depth=101, widen_factor=4, dropRate=0), "classifier"),
+}
+
+
+def _register_timm():
+    import functools
+
+    from common.timm_compat import register_timm
+
+    for name, (ctor, kw, head) in TIMM_MODELS.items():
+        builder = functools.partial(ctor, **kw)
+        builder.__module__ = __name__
+        register_timm(name, builder, dict(num_classes=100, input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD,
+                                          classifier=head, first_conv="conv1" if head == "fc" else "conv_1_3x3",
+                                          crop_pct=1.0))
+
+
+try:
+    _register_timm()
+except ImportError:  # timm is a dependency, but the models work without it
+    pass
