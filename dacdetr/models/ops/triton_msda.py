@@ -33,8 +33,48 @@ __all__ = ["ms_deform_attn_triton", "MSDeformAttnTritonFunction", "msda_forward"
 
 
 @triton.jit
+def _tile_mask(row_mask, chans, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(BLOCK_N, BLOCK_D) mask from a row mask; the channel test is compiled only when D < BLOCK_D."""
+    if D == BLOCK_D:
+        mask = tl.broadcast_to(row_mask[:, None], (BLOCK_N, BLOCK_D))
+    else:
+        mask = row_mask[:, None] & (chans < D)[None, :]
+    return mask
+
+
+@triton.jit
+def _gather(ptr, pix, chans, ok, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Load the D channels at element offsets ``pix`` (one pixel per row) as float32, zeros where not ok."""
+    tile = tl.load(ptr + pix[:, None] + chans[None, :], mask=_tile_mask(ok, chans, D, BLOCK_N, BLOCK_D), other=0.0)
+    return tile.to(tl.float32)
+
+
+@triton.jit
+def _scatter_add(ptr, pix, chans, ok, vals, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    tl.atomic_add(ptr + pix[:, None] + chans[None, :], vals, mask=_tile_mask(ok, chans, D, BLOCK_N, BLOCK_D),
+                  sem="relaxed")
+
+
+@triton.jit
+def _level_geometry(shapes_ptr, start_ptr, lvl, INT64: tl.constexpr):
+    """H, W (integers), H, W (float32) and the first flattened index of level ``lvl``."""
+    H = tl.load(shapes_ptr + 2 * lvl)
+    W = tl.load(shapes_ptr + 2 * lvl + 1)
+    start = tl.load(start_ptr + lvl)
+    if INT64:
+        H = H.to(tl.int64)
+        W = W.to(tl.int64)
+        start = start.to(tl.int64)
+    else:
+        H = H.to(tl.int32)
+        W = W.to(tl.int32)
+        start = start.to(tl.int32)
+    return H, W, H.to(tl.float32), W.to(tl.float32), start
+
+
+@triton.jit
 def _bilinear_corners(x, y, Hf, Wf, H, W, INT64: tl.constexpr):
-    """Corner indices, interpolation weights and validity masks of a (BLOCK_N,) batch of points."""
+    """Top-left corner, fractional offsets and the four corners' validity for a (BLOCK_N,) batch of points."""
     w_im = x * Wf - 0.5
     h_im = y * Hf - 0.5
     inside = (h_im > -1.0) & (w_im > -1.0) & (h_im < Hf) & (w_im < Wf)
@@ -60,66 +100,51 @@ def _bilinear_corners(x, y, Hf, Wf, H, W, INT64: tl.constexpr):
 
 
 @triton.jit
-def _msda_fwd_kernel(value_ptr, shapes_ptr, start_ptr, loc_ptr, attn_ptr, out_ptr,
-                     n_rows, rows_per_batch, S,
-                     M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INT64: tl.constexpr):
+def _row_setup(BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, n_rows, rows_per_batch, S,
+               M: tl.constexpr, D: tl.constexpr, INT64: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     if INT64:
         rows = rows.to(tl.int64)
     row_ok = rows < n_rows
     chans = tl.arange(0, BLOCK_D)
-    chan_ok = chans < D
     head = rows % M
     batch = rows // rows_per_batch
     # element offset of value[b, 0, m, 0]
     row_base = (batch * S * M + head) * D
+    return rows, row_ok, chans, row_base
+
+
+@triton.jit
+def _msda_fwd_kernel(value_ptr, shapes_ptr, start_ptr, loc_ptr, attn_ptr, out_ptr,
+                     n_rows, rows_per_batch, S,
+                     M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INT64: tl.constexpr):
+    rows, row_ok, chans, row_base = _row_setup(BLOCK_N, BLOCK_D, n_rows, rows_per_batch, S, M, D, INT64)
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for lvl in tl.static_range(L):
-        H = tl.load(shapes_ptr + 2 * lvl)
-        W = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(start_ptr + lvl)
-        if INT64:
-            H = H.to(tl.int64)
-            W = W.to(tl.int64)
-            start = start.to(tl.int64)
-        else:
-            H = H.to(tl.int32)
-            W = W.to(tl.int32)
-            start = start.to(tl.int32)
-        Hf = H.to(tl.float32)
-        Wf = W.to(tl.float32)
+    # A rolled loop over the L*P points: unrolled, the compiler hoists every gather of
+    # every point and spills.
+    for k in tl.range(0, L * P):
+        lvl = k // P
+        H, W, Hf, Wf, start = _level_geometry(shapes_ptr, start_ptr, lvl, INT64)
         lvl_base = row_base + start * (M * D)
-        for pt in tl.static_range(P):
-            k = lvl * P + pt
-            x = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k, mask=row_ok, other=0.0).to(tl.float32)
-            y = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k + 1, mask=row_ok, other=0.0).to(tl.float32)
-            a = tl.load(attn_ptr + rows * (L * P) + k, mask=row_ok, other=0.0).to(tl.float32)
-            h0, w0, lh, lw, ok00, ok01, ok10, ok11 = _bilinear_corners(x, y, Hf, Wf, H, W, INT64)
-            hh = 1.0 - lh
-            hw = 1.0 - lw
-            pix00 = lvl_base + (h0 * W + w0) * (M * D)
-            pix01 = pix00 + M * D
-            pix10 = pix00 + W * (M * D)
-            pix11 = pix10 + M * D
-            ok00 = ok00 & row_ok
-            ok01 = ok01 & row_ok
-            ok10 = ok10 & row_ok
-            ok11 = ok11 & row_ok
-            v00 = tl.load(value_ptr + pix00[:, None] + chans[None, :], mask=ok00[:, None] & chan_ok[None, :],
-                          other=0.0).to(tl.float32)
-            v01 = tl.load(value_ptr + pix01[:, None] + chans[None, :], mask=ok01[:, None] & chan_ok[None, :],
-                          other=0.0).to(tl.float32)
-            v10 = tl.load(value_ptr + pix10[:, None] + chans[None, :], mask=ok10[:, None] & chan_ok[None, :],
-                          other=0.0).to(tl.float32)
-            v11 = tl.load(value_ptr + pix11[:, None] + chans[None, :], mask=ok11[:, None] & chan_ok[None, :],
-                          other=0.0).to(tl.float32)
-            sample = ((hh * hw)[:, None] * v00 + (hh * lw)[:, None] * v01
-                      + (lh * hw)[:, None] * v10 + (lh * lw)[:, None] * v11)
-            acc += a[:, None] * sample
-    out_off = rows[:, None] * D + chans[None, :]
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & chan_ok[None, :])
+        x = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k, mask=row_ok, other=0.0).to(tl.float32)
+        y = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k + 1, mask=row_ok, other=0.0).to(tl.float32)
+        a = tl.load(attn_ptr + rows * (L * P) + k, mask=row_ok, other=0.0).to(tl.float32)
+        h0, w0, lh, lw, ok00, ok01, ok10, ok11 = _bilinear_corners(x, y, Hf, Wf, H, W, INT64)
+        hh = 1.0 - lh
+        hw = 1.0 - lw
+        pix00 = lvl_base + (h0 * W + w0) * (M * D)
+        pix10 = pix00 + W * (M * D)
+        v00 = _gather(value_ptr, pix00, chans, ok00 & row_ok, D, BLOCK_N, BLOCK_D)
+        v01 = _gather(value_ptr, pix00 + M * D, chans, ok01 & row_ok, D, BLOCK_N, BLOCK_D)
+        v10 = _gather(value_ptr, pix10, chans, ok10 & row_ok, D, BLOCK_N, BLOCK_D)
+        v11 = _gather(value_ptr, pix10 + M * D, chans, ok11 & row_ok, D, BLOCK_N, BLOCK_D)
+        sample = ((hh * hw)[:, None] * v00 + (hh * lw)[:, None] * v01
+                  + (lh * hw)[:, None] * v10 + (lh * lw)[:, None] * v11)
+        acc += a[:, None] * sample
+    tl.store(out_ptr + rows[:, None] * D + chans[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=_tile_mask(row_ok, chans, D, BLOCK_N, BLOCK_D))
 
 
 @triton.jit
@@ -128,94 +153,66 @@ def _msda_bwd_kernel(value_ptr, shapes_ptr, start_ptr, loc_ptr, attn_ptr, grad_o
                      n_rows, rows_per_batch, S,
                      M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INT64: tl.constexpr,
-                     GRAD_VALUE: tl.constexpr, GRAD_LOC: tl.constexpr, GRAD_ATTN: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    if INT64:
-        rows = rows.to(tl.int64)
-    row_ok = rows < n_rows
-    chans = tl.arange(0, BLOCK_D)
-    chan_ok = chans < D
-    head = rows % M
-    batch = rows // rows_per_batch
-    row_base = (batch * S * M + head) * D
-    go = tl.load(grad_out_ptr + rows[:, None] * D + chans[None, :], mask=row_ok[:, None] & chan_ok[None, :],
-                 other=0.0).to(tl.float32)
-    for lvl in tl.static_range(L):
-        H = tl.load(shapes_ptr + 2 * lvl)
-        W = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(start_ptr + lvl)
-        if INT64:
-            H = H.to(tl.int64)
-            W = W.to(tl.int64)
-            start = start.to(tl.int64)
-        else:
-            H = H.to(tl.int32)
-            W = W.to(tl.int32)
-            start = start.to(tl.int32)
-        Hf = H.to(tl.float32)
-        Wf = W.to(tl.float32)
+                     GRAD_VALUE: tl.constexpr, GRAD_LOC: tl.constexpr, GRAD_ATTN: tl.constexpr,
+                     LOAD_VALUES: tl.constexpr):
+    rows, row_ok, chans, row_base = _row_setup(BLOCK_N, BLOCK_D, n_rows, rows_per_batch, S, M, D, INT64)
+    go = _gather(grad_out_ptr, rows * D, chans, row_ok, D, BLOCK_N, BLOCK_D)
+    for k in tl.range(0, L * P):
+        lvl = k // P
+        H, W, Hf, Wf, start = _level_geometry(shapes_ptr, start_ptr, lvl, INT64)
         lvl_base = row_base + start * (M * D)
-        for pt in tl.static_range(P):
-            k = lvl * P + pt
-            x = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k, mask=row_ok, other=0.0).to(tl.float32)
-            y = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k + 1, mask=row_ok, other=0.0).to(tl.float32)
-            a = tl.load(attn_ptr + rows * (L * P) + k, mask=row_ok, other=0.0).to(tl.float32)
-            h0, w0, lh, lw, ok00, ok01, ok10, ok11 = _bilinear_corners(x, y, Hf, Wf, H, W, INT64)
-            hh = 1.0 - lh
-            hw = 1.0 - lw
-            pix00 = lvl_base + (h0 * W + w0) * (M * D)
-            pix01 = pix00 + M * D
-            pix10 = pix00 + W * (M * D)
-            pix11 = pix10 + M * D
-            ok00 = ok00 & row_ok
-            ok01 = ok01 & row_ok
-            ok10 = ok10 & row_ok
-            ok11 = ok11 & row_ok
-            if GRAD_LOC or GRAD_ATTN:
-                v00 = tl.load(value_ptr + pix00[:, None] + chans[None, :], mask=ok00[:, None] & chan_ok[None, :],
-                              other=0.0).to(tl.float32)
-                v01 = tl.load(value_ptr + pix01[:, None] + chans[None, :], mask=ok01[:, None] & chan_ok[None, :],
-                              other=0.0).to(tl.float32)
-                v10 = tl.load(value_ptr + pix10[:, None] + chans[None, :], mask=ok10[:, None] & chan_ok[None, :],
-                              other=0.0).to(tl.float32)
-                v11 = tl.load(value_ptr + pix11[:, None] + chans[None, :], mask=ok11[:, None] & chan_ok[None, :],
-                              other=0.0).to(tl.float32)
-                if GRAD_ATTN:
-                    sample = ((hh * hw)[:, None] * v00 + (hh * lw)[:, None] * v01
-                              + (lh * hw)[:, None] * v10 + (lh * lw)[:, None] * v11)
-                    g_attn = tl.sum(go * sample, axis=1)
-                    tl.store(grad_attn_ptr + rows * (L * P) + k, g_attn.to(grad_attn_ptr.dtype.element_ty),
-                             mask=row_ok)
-                if GRAD_LOC:
-                    # d sample / d w_im and d sample / d h_im, then chain rule through x*W-0.5, y*H-0.5
-                    d_w = tl.sum(go * (hh[:, None] * (v01 - v00) + lh[:, None] * (v11 - v10)), axis=1)
-                    d_h = tl.sum(go * (hw[:, None] * (v10 - v00) + lw[:, None] * (v11 - v01)), axis=1)
-                    tl.store(grad_loc_ptr + rows * (2 * L * P) + 2 * k,
-                             (d_w * a * Wf).to(grad_loc_ptr.dtype.element_ty), mask=row_ok)
-                    tl.store(grad_loc_ptr + rows * (2 * L * P) + 2 * k + 1,
-                             (d_h * a * Hf).to(grad_loc_ptr.dtype.element_ty), mask=row_ok)
-            if GRAD_VALUE:
-                g = a[:, None] * go
-                tl.atomic_add(grad_value_ptr + pix00[:, None] + chans[None, :], (hh * hw)[:, None] * g,
-                              mask=ok00[:, None] & chan_ok[None, :], sem="relaxed")
-                tl.atomic_add(grad_value_ptr + pix01[:, None] + chans[None, :], (hh * lw)[:, None] * g,
-                              mask=ok01[:, None] & chan_ok[None, :], sem="relaxed")
-                tl.atomic_add(grad_value_ptr + pix10[:, None] + chans[None, :], (lh * hw)[:, None] * g,
-                              mask=ok10[:, None] & chan_ok[None, :], sem="relaxed")
-                tl.atomic_add(grad_value_ptr + pix11[:, None] + chans[None, :], (lh * lw)[:, None] * g,
-                              mask=ok11[:, None] & chan_ok[None, :], sem="relaxed")
+        x = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k, mask=row_ok, other=0.0).to(tl.float32)
+        y = tl.load(loc_ptr + rows * (2 * L * P) + 2 * k + 1, mask=row_ok, other=0.0).to(tl.float32)
+        a = tl.load(attn_ptr + rows * (L * P) + k, mask=row_ok, other=0.0).to(tl.float32)
+        h0, w0, lh, lw, ok00, ok01, ok10, ok11 = _bilinear_corners(x, y, Hf, Wf, H, W, INT64)
+        hh = 1.0 - lh
+        hw = 1.0 - lw
+        pix00 = lvl_base + (h0 * W + w0) * (M * D)
+        pix10 = pix00 + W * (M * D)
+        ok00 = ok00 & row_ok
+        ok01 = ok01 & row_ok
+        ok10 = ok10 & row_ok
+        ok11 = ok11 & row_ok
+        if LOAD_VALUES:  # GRAD_LOC or GRAD_ATTN
+            v00 = _gather(value_ptr, pix00, chans, ok00, D, BLOCK_N, BLOCK_D)
+            v01 = _gather(value_ptr, pix00 + M * D, chans, ok01, D, BLOCK_N, BLOCK_D)
+            v10 = _gather(value_ptr, pix10, chans, ok10, D, BLOCK_N, BLOCK_D)
+            v11 = _gather(value_ptr, pix10 + M * D, chans, ok11, D, BLOCK_N, BLOCK_D)
+            if GRAD_ATTN:
+                sample = ((hh * hw)[:, None] * v00 + (hh * lw)[:, None] * v01
+                          + (lh * hw)[:, None] * v10 + (lh * lw)[:, None] * v11)
+                g_attn = tl.sum(go * sample, axis=1)
+                tl.store(grad_attn_ptr + rows * (L * P) + k, g_attn.to(grad_attn_ptr.dtype.element_ty),
+                         mask=row_ok)
+            if GRAD_LOC:
+                # d sample / d w_im and d sample / d h_im, then the chain rule through
+                # w_im = x * W - 0.5 and h_im = y * H - 0.5
+                d_w = tl.sum(go * (hh[:, None] * (v01 - v00) + lh[:, None] * (v11 - v10)), axis=1)
+                d_h = tl.sum(go * (hw[:, None] * (v10 - v00) + lw[:, None] * (v11 - v01)), axis=1)
+                tl.store(grad_loc_ptr + rows * (2 * L * P) + 2 * k,
+                         (d_w * a * Wf).to(grad_loc_ptr.dtype.element_ty), mask=row_ok)
+                tl.store(grad_loc_ptr + rows * (2 * L * P) + 2 * k + 1,
+                         (d_h * a * Hf).to(grad_loc_ptr.dtype.element_ty), mask=row_ok)
+        if GRAD_VALUE:
+            g = a[:, None] * go
+            _scatter_add(grad_value_ptr, pix00, chans, ok00, (hh * hw)[:, None] * g, D, BLOCK_N, BLOCK_D)
+            _scatter_add(grad_value_ptr, pix00 + M * D, chans, ok01, (hh * lw)[:, None] * g, D, BLOCK_N,
+                         BLOCK_D)
+            _scatter_add(grad_value_ptr, pix10, chans, ok10, (lh * hw)[:, None] * g, D, BLOCK_N, BLOCK_D)
+            _scatter_add(grad_value_ptr, pix10 + M * D, chans, ok11, (lh * lw)[:, None] * g, D, BLOCK_N,
+                         BLOCK_D)
 
 
 _INT32_MAX = 2 ** 31 - 1
 
 
 def default_config(channels: int, backward: bool = False) -> dict:
-    """Launch parameters: (BLOCK_N rows) x (BLOCK_D channels) tiles of about 2K (fwd) / 1K (bwd) elements."""
+    """Launch parameters: (BLOCK_N rows) x (BLOCK_D channels) tiles of 1K elements, i.e. for D = 32
+    two rows per thread as 128-bit accesses (about 60 registers forward, 64 backward on sm_90,
+    no spills); ``benchmarks/msda.py --sweep`` times the alternatives."""
     block_d = triton.next_power_of_2(max(int(channels), 1))
-    target = 1024 if backward else 2048
-    block_n = max(16, min(128, target // block_d))
-    return {"BLOCK_N": block_n, "num_warps": 4}
+    block_n = max(8, min(128, 1024 // block_d))
+    return {"BLOCK_N": block_n, "num_warps": 8 if backward else 4}
 
 
 def _check_inputs(value, spatial_shapes, sampling_locations, attention_weights):
@@ -299,6 +296,7 @@ def msda_backward(value, spatial_shapes, level_start_index, sampling_locations, 
             M=M, D=D, L=L, P=P, BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D),
             INT64=force_int64 or _needs_int64(value, loc, grad_output),
             GRAD_VALUE=needs_value, GRAD_LOC=needs_loc, GRAD_ATTN=needs_attn,
+            LOAD_VALUES=needs_loc or needs_attn,
             num_warps=num_warps or cfg["num_warps"])
     elif n_rows == 0 or D == 0:
         if needs_loc:
