@@ -13,6 +13,7 @@ __all__ = [
     "save_checkpoint",
     "save_official",
     "load_checkpoint",
+    "read_state_dict",
     "strip_module_prefix",
     "check_state_dict",
     "load_state_dict_strict",
@@ -56,11 +57,11 @@ def save_official(state, is_best, checkpoint_dir, filename="checkpoint.pth.tar",
     return path
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", weights_only=False):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return torch.load(path, map_location=map_location, weights_only=weights_only)
 
 
 def strip_module_prefix(state_dict, prefix="module."):
@@ -76,6 +77,26 @@ def _unwrap_state_dict(obj):
             if key in obj and isinstance(obj[key], dict):
                 return obj[key]
     return obj
+
+
+def read_state_dict(path):
+    """The parameter dict stored in a weights file, on the CPU.
+
+    Read with ``weights_only=True`` first (falling back to a full unpickle for files that hold
+    other objects), take the ``state_dict`` / ``model`` sub-dict of a training checkpoint, and
+    drop the ``module.`` prefix from every key that carries it (DataParallel / DDP saves).
+    """
+    try:
+        obj = load_checkpoint(path, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception:
+        obj = load_checkpoint(path, weights_only=False)
+    obj = _unwrap_state_dict(obj)
+    if not isinstance(obj, dict):
+        raise TypeError(f"{os.fspath(path)} holds a {type(obj).__name__}, not a state dict")
+    prefix = "module."
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
 
 
 def check_state_dict(model, state_dict, max_list=20):

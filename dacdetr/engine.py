@@ -1,14 +1,11 @@
 """Training and evaluation loops of DAC-DETR (device-agnostic, with or without DDP)."""
 import copy
-import datetime
 import math
-import time
-from collections import defaultdict, deque
 
 import torch
 
-from common.distributed import all_reduce_mean, get_world_size, is_dist
 from dacdetr.datasets.coco_eval import CocoEvaluator
+from dacdetr.util.misc import MetricLogger, SmoothedValue, reduce_dict
 
 __all__ = [
     "train_one_epoch", "evaluate", "NonFiniteLossError", "MetricLogger", "SmoothedValue",
@@ -21,115 +18,6 @@ BALANCE_NUM_EVAL = 2   # the official eval value (the C-decoder losses are only 
 
 class NonFiniteLossError(RuntimeError):
     """The total loss became NaN/inf; training must stop (the last checkpoint is kept)."""
-
-
-# ---------------------------------------------------------------- logging helpers
-class SmoothedValue:
-    """Windowed median/average plus the global average of a scalar series."""
-
-    def __init__(self, window_size=20, fmt="{median:.4f} ({global_avg:.4f})"):
-        self.deque = deque(maxlen=window_size)
-        self.total = 0.0
-        self.count = 0
-        self.fmt = fmt
-
-    def update(self, value, n=1):
-        self.deque.append(value)
-        self.count += n
-        self.total += value * n
-
-    def synchronize_between_processes(self):
-        if not is_dist():
-            return
-        t = all_reduce_mean(torch.tensor([self.count, self.total], dtype=torch.float64,
-                                         device=_comm_device())) * get_world_size()
-        self.count, self.total = int(t[0].item()), t[1].item()
-
-    @property
-    def median(self):
-        return torch.tensor(list(self.deque)).median().item() if self.deque else 0.0
-
-    @property
-    def avg(self):
-        return sum(self.deque) / len(self.deque) if self.deque else 0.0
-
-    @property
-    def global_avg(self):
-        return self.total / max(self.count, 1)
-
-    @property
-    def max(self):
-        return max(self.deque) if self.deque else 0.0
-
-    @property
-    def value(self):
-        return self.deque[-1] if self.deque else 0.0
-
-    def __str__(self):
-        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
-                               max=self.max, value=self.value)
-
-
-def _comm_device():
-    import torch.distributed as dist
-
-    if is_dist() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-class MetricLogger:
-    def __init__(self, delimiter="  "):
-        self.meters = defaultdict(SmoothedValue)
-        self.delimiter = delimiter
-
-    def update(self, **kwargs):
-        for k, v in kwargs.items():
-            if isinstance(v, torch.Tensor):
-                v = v.item()
-            self.meters[k].update(float(v))
-
-    def add_meter(self, name, meter):
-        self.meters[name] = meter
-
-    def synchronize_between_processes(self):
-        for m in self.meters.values():
-            m.synchronize_between_processes()
-
-    def __str__(self):
-        return self.delimiter.join(f"{k}: {m}" for k, m in self.meters.items())
-
-    def log_every(self, iterable, print_freq, header=""):
-        n = len(iterable)
-        width = len(str(n))
-        start = end = time.time()
-        iter_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
-        for i, obj in enumerate(iterable):
-            data_time.update(time.time() - end)
-            yield obj
-            iter_time.update(time.time() - end)
-            if i % print_freq == 0 or i == n - 1:
-                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n - i)))
-                parts = [header, f"[{i:{width}d}/{n}]", f"eta: {eta}", str(self),
-                         f"time: {iter_time}", f"data: {data_time}"]
-                if torch.cuda.is_available():
-                    parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2 ** 20:.0f}")
-                print(self.delimiter.join(parts), flush=True)
-            end = time.time()
-        total = time.time() - start
-        print(f"{header} Total time: {datetime.timedelta(seconds=int(total))} "
-              f"({total / max(n, 1):.4f} s / it)", flush=True)
-
-
-def reduce_dict(input_dict, average=True):
-    """Average (or sum) a dict of scalar tensors over processes, for logging."""
-    if not is_dist() or not input_dict:
-        return {k: v.detach() for k, v in input_dict.items()}
-    with torch.no_grad():
-        names = sorted(input_dict.keys())
-        values = torch.stack([input_dict[k].detach().float().reshape(()) for k in names])
-        values = all_reduce_mean(values) if average else all_reduce_mean(values) * get_world_size()
-    return dict(zip(names, values))
 
 
 def unwrap_model(model):

@@ -1,4 +1,5 @@
 """common/: registry, checkpoints, logging, data, samplers, engine pieces (values, not just 'runs')."""
+import argparse
 import math
 import os
 import pickle
@@ -89,6 +90,21 @@ def test_strict_load_strips_module_and_reports_mismatch():
     assert "1 missing keys" in msg and "fc.bias" in msg
     assert "1 unexpected keys" in msg and "extra.weight" in msg
     assert "conv.weight: checkpoint (8, 3, 3, 3) vs model (4, 3, 3, 3)" in msg
+
+
+def test_read_state_dict_unwraps_and_strips_module(tmp_path):
+    a, b = torch.arange(3.0), torch.ones(2, 2)
+    # plain tensors file (weights_only=True path), DDP prefix on some keys only
+    ckpt.save_checkpoint({"module.fc.weight": a, "fc.bias": b}, tmp_path / "plain.pth")
+    sd = ckpt.read_state_dict(tmp_path / "plain.pth")
+    assert sorted(sd) == ["fc.bias", "fc.weight"] and torch.equal(sd["fc.weight"], a)
+    # training checkpoints: "model" / "state_dict" sub-dicts; a non-tensor object needs the full unpickle
+    ckpt.save_checkpoint({"model": {"module.w": a}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "ckpt.pth")
+    assert list(ckpt.read_state_dict(tmp_path / "ckpt.pth")) == ["w"]
+    ckpt.save_checkpoint({"state_dict": {"w": b}, "model": {"x": a}}, tmp_path / "sd.pth")
+    assert list(ckpt.read_state_dict(tmp_path / "sd.pth")) == ["w"]
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        ckpt.read_state_dict(tmp_path / "missing.pth")
 
 
 def test_rng_state_roundtrip():

@@ -18,6 +18,8 @@ import torchvision
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
+from common.checkpoint import read_state_dict
+
 from ..util.misc import NestedTensor
 from .position_encoding import build_position_encoding
 from .swin import build_swin, load_swin_pretrained
@@ -80,19 +82,6 @@ def _masks_for(features: Dict[str, torch.Tensor], mask: torch.Tensor) -> Dict[st
     return out
 
 
-def _read_state_dict(path):
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
 class BackboneBase(nn.Module):
     """Wraps a torchvision ResNet: freezes the stem + layer1 (or everything when the backbone is
     not trained) and returns layer2/3/4 (or layer4 alone) as NestedTensors."""
@@ -130,7 +119,7 @@ class Backbone(BackboneBase):
             weights=None, replace_stride_with_dilation=[False, False, dilation],
             norm_layer=FrozenBatchNorm2d)
         if pretrained_path and os.path.isfile(pretrained_path):
-            result = net.load_state_dict(_read_state_dict(pretrained_path), strict=False)
+            result = net.load_state_dict(read_state_dict(pretrained_path), strict=False)
             logger.info("loaded %s into %s (missing %d, unexpected %d keys)", pretrained_path, name,
                         len(result.missing_keys), len(result.unexpected_keys))
         elif pretrained_path:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
+from common.checkpoint import read_state_dict
+
 __all__ = ["SwinTransformer", "build_swin", "load_swin_pretrained", "SWIN_CONFIGS"]
 
 logger = logging.getLogger(__name__)
@@ -353,21 +355,8 @@ def load_swin_pretrained(model: SwinTransformer, path: str):
     """Load a classification / detection Swin checkpoint by name (non-strict): ``model`` or
     ``state_dict`` sub-dict, ``module.``/``backbone.`` prefixes removed, relative-position tables
     resized when the window differs, classifier and per-image masks ignored."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    state = {}
-    for k, v in obj.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        state[k] = v
+    prefix = "backbone."
+    state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in read_state_dict(path).items()}
     own = model.state_dict()
     for k in list(state):
         if k.endswith("relative_position_bias_table") and k in own and state[k].shape != own[k].shape:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime
+import numbers
 import os
 import subprocess
 import time
@@ -20,6 +21,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from common.distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, get_rank,
+                                get_world_size, is_dist, is_main_process)
 
 __all__ = [
     "NestedTensor",
@@ -138,32 +142,21 @@ def get_total_grad_norm(parameters, norm_type=2):
 
 
 # ----------------------------------------------------------------------------- distributed
-def is_dist_avail_and_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
-
-
-def get_rank() -> int:
-    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+# The process-group queries are those of ``common.distributed`` (re-exported under the official
+# names); everything degrades to single-process behaviour without an initialised group.
+is_dist_avail_and_initialized = is_dist
 
 
 def get_local_size() -> int:
-    if not is_dist_avail_and_initialized():
+    if not is_dist():
         return 1
     return int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def get_local_rank() -> int:
-    if not is_dist_avail_and_initialized():
+    if not is_dist():
         return 0
     return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def save_on_master(*args, **kwargs):
@@ -173,32 +166,31 @@ def save_on_master(*args, **kwargs):
 
 def all_gather(data):
     """Gather any picklable object from every rank (a one-element list when not distributed)."""
-    world_size = get_world_size()
-    if world_size == 1:
-        return [data]
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, data)
-    return gathered
+    return all_gather_object(data)
+
+
+def _comm_device() -> torch.device:
+    """Where a tensor must live to be all-reduced: the current GPU under NCCL, else the CPU."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def reduce_dict(input_dict, average: bool = True):
-    """All-reduce a dict of scalar tensors (sum, or mean with ``average``); keys sorted for a
-    consistent order across ranks. A no-op in a single process."""
-    world_size = get_world_size()
-    if world_size < 2:
-        return input_dict
+    """Mean (or sum) over processes of a dict of scalar tensors, for logging; the values come
+    back detached. Keys are sorted so that every rank reduces them in the same order."""
+    if not is_dist() or not input_dict:
+        return {k: v.detach() for k, v in input_dict.items()}
     with torch.no_grad():
         names = sorted(input_dict.keys())
-        values = torch.stack([input_dict[k] for k in names], dim=0)
-        dist.all_reduce(values)
-        if average:
-            values /= world_size
-        return {k: v for k, v in zip(names, values)}
+        values = torch.stack([input_dict[k].detach().float().reshape(()) for k in names])
+        values = all_reduce_mean(values) if average else all_reduce_sum(values)
+    return dict(zip(names, values))
 
 
 # ----------------------------------------------------------------------------- logging
 class SmoothedValue:
-    """Running window + global average of a scalar series."""
+    """Windowed median/average plus the global average of a scalar series (0 while empty)."""
 
     def __init__(self, window_size: int = 20, fmt: Optional[str] = None):
         self.deque = deque(maxlen=window_size)
@@ -213,23 +205,19 @@ class SmoothedValue:
 
     def synchronize_between_processes(self):
         """Sum count/total over ranks (the window stays local)."""
-        if not is_dist_avail_and_initialized():
+        if not is_dist():
             return
-        backend = dist.get_backend()
-        device = "cuda" if backend == "nccl" else "cpu"
-        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=device)
-        dist.barrier()
-        dist.all_reduce(t)
+        t = all_reduce_sum(torch.tensor([self.count, self.total], dtype=torch.float64, device=_comm_device()))
         self.count = int(t[0].item())
         self.total = t[1].item()
 
     @property
     def median(self):
-        return torch.tensor(list(self.deque)).median().item()
+        return torch.tensor(list(self.deque)).median().item() if self.deque else 0.0
 
     @property
     def avg(self):
-        return torch.tensor(list(self.deque), dtype=torch.float32).mean().item()
+        return sum(self.deque) / len(self.deque) if self.deque else 0.0
 
     @property
     def global_avg(self):
@@ -237,11 +225,11 @@ class SmoothedValue:
 
     @property
     def max(self):
-        return max(self.deque)
+        return max(self.deque) if self.deque else 0.0
 
     @property
     def value(self):
-        return self.deque[-1]
+        return self.deque[-1] if self.deque else 0.0
 
     def __str__(self):
         return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
@@ -256,12 +244,13 @@ class MetricLogger:
         self.delimiter = delimiter
 
     def update(self, **kwargs):
+        """Tensors are read with ``.item()``; every value is stored as a Python float."""
         for k, v in kwargs.items():
             if isinstance(v, torch.Tensor):
                 v = v.item()
-            if not isinstance(v, (float, int)):
+            if not isinstance(v, numbers.Real):
                 raise TypeError(f"meter {k!r} needs a number, got {type(v).__name__}")
-            self.meters[k].update(v)
+            self.meters[k].update(float(v))
 
     def __getattr__(self, attr):
         meters = self.__dict__.get("meters", {})
@@ -296,11 +285,11 @@ class MetricLogger:
                          f"time: {iter_time}", f"data: {data_time}"]
                 if torch.cuda.is_available():
                     parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 1024.0 ** 2:.0f}")
-                print(self.delimiter.join(parts))
+                print(self.delimiter.join(parts), flush=True)
             end = time.time()
         elapsed = time.time() - start
         print(f"{header} Total time: {datetime.timedelta(seconds=int(elapsed))} "
-              f"({elapsed / max(total, 1):.4f} s / it)")
+              f"({elapsed / max(total, 1):.4f} s / it)", flush=True)
 
 
 def get_sha() -> str:
