@@ -6,4 +6,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -e .
 exec .venv/bin/python dianet/cifar.py -a dia_resnet --depth 20 --block-name bottleneck --demo \
-  --epochs 15 --schedule 10 13 --train-batch 64 --workers 2 --manualSeed 1 -c checkpoints/demo-dia-resnet20 "$@"
+  --epochs 14 --schedule 9 12 --train-batch 64 --workers 0 --manualSeed 1 -c checkpoints/demo-dia-resnet20 "$@"
