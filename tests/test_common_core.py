@@ -273,3 +273,28 @@ def test_fingerprint_helpers_deterministic():
     det_init_(b)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert rel_err(det_input((2, 3), 0), det_input((2, 3), 0)) == 0.0
+
+
+def test_drop_path_schedule():
+    from timm.layers import DropPath
+
+    model = nn.Sequential(DropPath(0.0), nn.Dropout(0.5), nn.Sequential(DropPath(0.0)))
+    assert engine.drop_path_rate_at(0.2, 0, 10, "linear") == 0.0
+    assert engine.drop_path_rate_at(0.2, 9, 10, "linear") == pytest.approx(0.2)
+    assert engine.drop_path_rate_at(0.2, 3, 10) == 0.2
+    engine.set_drop_path(model, 0.1)
+    assert model[0].drop_prob == 0.1 and model[2][0].drop_prob == 0.1 and model[1].p == 0.5
+
+
+def test_imagefolder_layout(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / split / cls / "a.JPEG")
+    ds = cdata.load_imagefolder(str(tmp_path), "val", cdata.imagenet_transforms(False, size=24, resize=28))
+    x, y = ds[1]
+    assert ds.classes == ["n01", "n02"] and y == 1 and x.shape == (3, 24, 24)
+    expect = (torch.tensor([10, 20, 30]) / 255 - torch.tensor(cdata.IMAGENET_MEAN)) / torch.tensor(cdata.IMAGENET_STD)
+    assert torch.allclose(x[:, 5, 5], expect.float(), atol=1e-5)
