@@ -1,19 +1,4 @@
 #!/usr/bin/env bash
 # DAC-DETR ResNet-50, 12 epochs (lr drop after epoch 11). Extra flags (e.g. --coco_path) are passed through.
-set -x
-
-EXP_DIR=output/r50_deformplus_cdn_ice/12eps/results/
-PY_ARGS=${@:1}
-
-${PYTHON:-python3} -u -m dacdetr.main \
-    --output_dir ${EXP_DIR} \
-    --with_box_refine \
-    --two_stage \
-    --dim_feedforward 2048 \
-    --num_queries_one2one 900 \
-    --epochs 12 \
-    --lr_drop 11 \
-    --dropout 0.0 \
-    --mixed_selection \
-    --look_forward_twice \
-    ${PY_ARGS}
+. "$(dirname "$0")/_recipe.sh"
+dacdetr_run output/r50_deformplus_cdn_ice/12eps/results/ --epochs 12 --lr_drop 11 -- "$@"
