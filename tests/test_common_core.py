@@ -298,3 +298,24 @@ def test_imagefolder_layout(tmp_path):
     assert ds.classes == ["n01", "n02"] and y == 1 and x.shape == (3, 24, 24)
     expect = (torch.tensor([10, 20, 30]) / 255 - torch.tensor(cdata.IMAGENET_MEAN)) / torch.tensor(cdata.IMAGENET_STD)
     assert torch.allclose(x[:, 5, 5], expect.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_step_on_cpu(amp):
+    import argparse
+
+    from common.distributed import DistEnv
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4)).to(memory_format=torch.channels_last)
+    ref = [p.detach().clone() for p in model.parameters()]
+    args = engine.add_engine_args(argparse.ArgumentParser()).parse_args(["--amp", amp, "--channels-last"])
+    cfg = engine.amp_from_args(args, torch.device("cpu"))
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = engine.train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), opt, DistEnv(), cfg, cfg.make_scaler(),
+                                   channels_last=True, clip_grad=1.0, log=lambda *a: None, print_freq=0)
+    assert math.isfinite(stats["loss"]) and stats["count"] == 6
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(ref, model.parameters()))

@@ -33,6 +33,17 @@ def test_resume_after_kill_reproduces_uninterrupted_run(demo_root, tmp_path):
     run_script(_args(demo_root, full, "--epochs", "2", "--schedule", "1"), check=True)
     rows = _rows(full)
     assert len(rows) == 2
+    import json
+
+    records = [json.loads(x) for x in (full / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert abs(records[1]["test_top1"] - float(rows[1].split("\t")[4])) < 1e-5
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(full / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test_top1")] == [1, 2]
+    assert (full / "model_best.pth.tar").is_file()
 
     # Same run, killed in the middle of epoch 2, then resumed from the epoch-1 checkpoint.
     cut = tmp_path / "cut"
@@ -92,6 +103,13 @@ def test_foreign_checkpoint_and_nan_loss(demo_root, tmp_path):
     run_script(_args(demo_root, good, "--epochs", "1"), check=True)
     ckpt_file = good / "checkpoint.pth.tar"
     before = ckpt_file.read_bytes()
+
+    # -e evaluates the checkpoint and reproduces the accuracy logged for its epoch.
+    proc = run_script(_args(demo_root, tmp_path / "eval", "-e", "--resume", str(ckpt_file)), check=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith(" Test Loss:")][0]
+    logged = [float(x) for x in _rows(good)[0].split("\t") if x]
+    assert abs(float(line.rsplit(":", 1)[1]) - logged[4]) < 0.01
+    assert abs(float(line.split(",")[0].split(":")[1]) - logged[2]) < 1e-5
 
     # A checkpoint of another architecture: one message listing the mismatched keys.
     proc = run_script([SCRIPT, "-a", "dia_preresnet", "--depth", "11", "--block-name", "bottleneck", "--demo",
