@@ -19,13 +19,16 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-import dianet
-from common import checkpoint as ckpt
-from common import data as cdata
-from common import distributed as D
-from common import engine
-from common.logging import JsonlLogger, OfficialLogger, TBWriter
-from common.registry import UnknownModelError
+if __package__ in (None, ""):  # run as a file from a checkout that is not pip-installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dianet  # noqa: E402
+from common import checkpoint as ckpt  # noqa: E402
+from common import data as cdata  # noqa: E402
+from common import distributed as D  # noqa: E402
+from common import engine  # noqa: E402
+from common.logging import JsonlLogger, OfficialLogger, TBWriter  # noqa: E402
+from common.registry import UnknownModelError  # noqa: E402
 
 MODEL_NAMES = dianet.list_models()
 
