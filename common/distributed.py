@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .ports import free_port
+
 __all__ = [
     "DistEnv",
     "add_dist_args",
@@ -24,6 +26,7 @@ __all__ = [
     "all_reduce_mean",
     "all_gather_object",
     "cleanup",
+    "free_port",
 ]
 
 

@@ -37,7 +37,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,8 @@ if __package__ in (None, ""):
     # run as `python slurm/launch.py`: re-enter through the package so that the job callable is
     # pickled as `slurm.launch.TrainingJob`, importable on the compute nodes
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.ports import free_port  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -317,9 +318,7 @@ def validate_script_args(spec, script_path, args, strict=True):
 # The job: one instance per task (rank) on the compute nodes
 # --------------------------------------------------------------------------------------------
 def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    return free_port("")  # any interface: other nodes connect to it
 
 
 def _rendezvous_port(folder, key, is_master, timeout=600.0):

@@ -1,6 +1,5 @@
 """Two gloo processes on CPU: synchronised BN + global-batch sharding give the single-process gradients."""
 import os
-import socket
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from common import engine
-from common.distributed import DistEnv
+from common.distributed import DistEnv, free_port
 from common.fingerprint import det_init_
 
 
@@ -44,10 +43,6 @@ def _worker(rank, world, port, out_file):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_rank_sync_bn_step_equals_single_process_step(tmp_path):
@@ -58,7 +53,7 @@ def test_two_rank_sync_bn_step_equals_single_process_step(tmp_path):
                                        log=lambda *a: None, print_freq=0)
     ctx = mp.get_context("spawn")
     out_file = str(tmp_path / "rank0.pt")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, out_file)) for r in range(2)]
     for p in procs:
         p.start()

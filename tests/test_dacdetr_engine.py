@@ -285,15 +285,14 @@ def test_main_two_processes_gloo(demo_root, tmp_path):
     """torchrun with 2 CPU processes: DDP + DistributedSampler + gathered COCO evaluation (~25 s)."""
     import os
     import shutil
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from common.distributed import free_port
+
+    port = free_port()
     driver = Path(__file__).parent / "data" / "dacdetr" / "ddp_driver.py"
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")

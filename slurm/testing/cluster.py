@@ -20,12 +20,13 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common.ports import free_port
 
 __all__ = ["ClusterUnavailable", "LocalSlurmCluster", "missing_binaries"]
 
@@ -54,10 +55,7 @@ def missing_binaries():
     return [b for b in BINARIES if _which(b) is None]
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port
 
 
 def _mem_mb():
