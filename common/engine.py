@@ -49,9 +49,12 @@ class AverageMeter:
 
 
 def accuracy(output, target, topk=(1,)):
-    """Top-k accuracies in percent (list of 0-dim tensors), as the official ``utils.eval.accuracy``."""
-    maxk = min(max(topk), output.shape[1])
+    """Top-k accuracies in percent (list of 0-dim tensors), as the official ``utils.eval.accuracy``;
+    zeros for an empty target."""
     batch = target.shape[0]
+    if batch == 0:
+        return [torch.zeros([], device=output.device) for _ in topk]
+    maxk = min(max(topk), output.shape[1])
     _, pred = output.topk(maxk, 1, True, True)
     correct = pred.t().eq(target.reshape(1, -1).expand_as(pred.t()))
     return [correct[: min(k, maxk)].reshape(-1).float().sum(0) * (100.0 / batch) for k in topk]

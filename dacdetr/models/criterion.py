@@ -22,6 +22,7 @@ from dacdetr.models.matcher import build_matcher
 from dacdetr.models.onetomany import Stage2Assigner
 from dacdetr.models.postprocess import NMSPostProcess
 from dacdetr.util import box_ops
+from dacdetr.util.misc import accuracy
 
 __all__ = [
     "SetCriterion",
@@ -47,10 +48,7 @@ def _dist_mean_count(count, device):
 
 def _top1_accuracy(logits, target):
     """Top-1 accuracy in percent (0 for an empty target)."""
-    if target.numel() == 0:
-        return torch.zeros([], device=logits.device)
-    correct = (logits.argmax(-1) == target).float().sum()
-    return correct * (100.0 / target.shape[0])
+    return accuracy(logits, target, (1,))[0]
 
 
 def _src_permutation_idx(indices):

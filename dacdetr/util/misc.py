@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.engine import accuracy as _common_accuracy
 from common.distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, get_rank,
                                 get_world_size, is_dist, is_main_process)
 
@@ -117,13 +118,8 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
 
 @torch.no_grad()
 def accuracy(output: Tensor, target: Tensor, topk=(1,)):
-    """Top-k precision in percent for each k; ``[0]`` when there is no target."""
-    if target.numel() == 0:
-        return [torch.zeros([], device=output.device)]
-    maxk = max(topk)
-    pred = output.topk(maxk, 1, True, True)[1].t()
-    correct = pred.eq(target.view(1, -1).expand_as(pred))
-    return [correct[:k].reshape(-1).float().sum(0).mul_(100.0 / target.size(0)) for k in topk]
+    """Top-k precision in percent for each k (zeros when there is no target)."""
+    return _common_accuracy(output, target, topk)
 
 
 def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None):
