@@ -19,6 +19,7 @@ __all__ = [
     "load_state_dict_strict",
     "get_rng_state",
     "set_rng_state",
+    "seed_everything",
 ]
 
 
@@ -140,6 +141,13 @@ def get_rng_state():
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def seed_everything(seed):
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
 
 
 def set_rng_state(state):

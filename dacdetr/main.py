@@ -12,7 +12,6 @@ import argparse
 import copy
 import datetime
 import json
-import random
 import sys
 import time
 import warnings
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from common.distributed import add_dist_args, barrier, get_rank, init_distributed, is_main_process
 
 __all__ = ["get_args_parser", "main", "build_param_groups", "resolve_device"]
@@ -231,9 +230,7 @@ def main(args):
         print(args)
 
     seed = args.seed + get_rank()
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    seed_everything(seed)
 
     model, criterion, postprocessors = build_model(args)
     model.to(device)

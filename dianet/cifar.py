@@ -91,14 +91,6 @@ def lr_at(args, epoch):
     return args.lr * args.gamma ** sum(epoch >= m for m in args.schedule)
 
 
-def _seed_everything(seed):
-    random.seed(seed)
-    torch.manual_seed(seed)
-    import numpy as np
-
-    np.random.seed(seed % (2 ** 32))
-
-
 def _loaders(args, env, root, dataset):
     train_set = cdata.SeededAugment(
         cdata.load_cifar(root, dataset, train=True, transform=cdata.cifar_transforms(True)), seed=args.manualSeed)
@@ -126,7 +118,7 @@ def main(argv=None):
         args.manualSeed = saved if saved is not None else random.randint(1, 10000)
         if env.distributed:  # every rank must shuffle and augment alike
             args.manualSeed = D.all_gather_object(args.manualSeed)[0]
-    _seed_everything(args.manualSeed)
+    ckpt.seed_everything(args.manualSeed)
 
     dataset, root = args.dataset, args.data_root
     if args.demo:
