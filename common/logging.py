@@ -10,6 +10,19 @@ from .distributed import is_main_process
 __all__ = ["OfficialLogger", "JsonlLogger", "TBWriter"]
 
 
+def _keep_rows(path, header_lines, keep_rows):
+    """Rewrite ``path`` as its header lines plus its first ``keep_rows`` rows (all rows when None);
+    return the header lines."""
+    with open(path) as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    header, rows = lines[:header_lines], lines[header_lines:]
+    if keep_rows is not None:
+        rows = rows[:keep_rows]
+    with open(path, "w") as f:
+        f.write("".join(line + "\n" for line in header + rows))
+    return header
+
+
 class OfficialLogger:
     """``log.txt`` as pytorch-classification writes it: a header of names, then one row per epoch,
     each entry followed by a tab, values as ``{:.6f}``.
@@ -28,15 +41,9 @@ class OfficialLogger:
             return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if resume and os.path.isfile(path):
-            with open(path) as f:
-                lines = f.read().splitlines()
-            if lines:
-                self.names = [n for n in lines[0].split("\t") if n]
-                rows = lines[1:]
-                if keep_rows is not None:
-                    rows = rows[:keep_rows]
-                with open(path, "w") as f:
-                    f.write("\n".join([lines[0]] + rows) + "\n")
+            header = _keep_rows(path, 1, keep_rows)
+            if header:
+                self.names = [n for n in header[0].split("\t") if n]
             self.file = open(path, "a")
         else:
             self.file = open(path, "w")
@@ -78,11 +85,7 @@ class JsonlLogger:
             return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if resume and os.path.isfile(path):
-            if keep_rows is not None:
-                with open(path) as f:
-                    rows = [line for line in f.read().splitlines() if line.strip()][:keep_rows]
-                with open(path, "w") as f:
-                    f.write("".join(r + "\n" for r in rows))
+            _keep_rows(path, 0, keep_rows)
         else:
             open(path, "w").close()
 
