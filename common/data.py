@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import pickle
+import sys
 
 import numpy as np
 import torch
@@ -18,6 +19,13 @@ from torchvision import datasets, transforms
 
 __all__ = [
     "DatasetNotFoundError",
+    "DataFileError",
+    "CIFARPickle",
+    "read_cifar_pickle",
+    "write_checksums",
+    "read_checksums",
+    "verify_checksums",
+    "verify_cifar_folder",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_MEAN",
@@ -30,6 +38,7 @@ __all__ = [
     "SeededAugment",
     "GlobalBatchSampler",
     "ShardSampler",
+    "ContiguousDistributedSampler",
 ]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -66,31 +75,207 @@ def imagenet_transforms(train, size=224, resize=256, mean=IMAGENET_MEAN, std=IMA
     return transforms.Compose(ops + [transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
-class _CIFAR10NoMD5(datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader without the md5 check of the official archive (reads any folder in the
-    standard pickle layout, e.g. the demo set). Only the batch files that exist are read."""
-
-    def __init__(self, root, train=True, transform=None):
-        folder = os.path.join(root, self.base_folder)
-        self.train_list = [[n, None] for n in sorted(os.listdir(folder)) if n.startswith("data_batch")]
-        self.test_list = [["test_batch", None]]
-        self.meta = dict(self.meta, md5=None)
-        super().__init__(root, train=train, transform=transform, download=False)
-
-    def _check_integrity(self):
-        return True
+class DataFileError(ValueError):
+    """A dataset file is corrupt, was changed after it was written, or holds something its format does not;
+    the message names the file."""
 
 
-class _CIFAR100NoMD5(datasets.CIFAR100):
-    train_list = [["train", None]]
-    test_list = [["test", None]]
-    meta = dict(datasets.CIFAR100.meta, md5=None)
+# ---------------------------------------------------------------- safe CIFAR pickles
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something the CIFAR format does not hold."""
 
-    def __init__(self, root, train=True, transform=None):
-        super().__init__(root, train=train, transform=transform, download=False)
 
-    def _check_integrity(self):
-        return True
+def _checked_reconstruct(subtype, *args):
+    if subtype is not np.ndarray:
+        raise _Refused(f"array subtype {subtype!r}")
+    return np.ndarray.__new__(subtype, *args)
+
+
+def _checked_dtype(spec, *args):
+    dtype = np.dtype(spec, *args)
+    if dtype.hasobject:
+        raise _Refused(f"object dtype {spec!r}")
+    return dtype
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, 'latin1')
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _checked_dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads what the CIFAR python format holds (dicts, lists, str/bytes, numbers, NumPy arrays of plain
+    dtypes) and refuses every other global, so a crafted batch file cannot run code."""
+
+    def find_class(self, module, name):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"refused type {module}.{name}") from None
+
+
+def read_cifar_pickle(path):
+    """One CIFAR python batch (``data_batch_1``, ``train``, ``batches.meta`` ...) read with the restricted
+    unpickler (``latin1`` for the official Python 2 pickles). Never a full ``pickle.load``."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except _Refused as err:
+        raise DataFileError(f"{path}: not a plain CIFAR batch file ({err}); refusing to read it") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, MemoryError) as err:
+        raise DataFileError(f"{path}: corrupt or truncated CIFAR batch file ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict):
+        raise DataFileError(f"{path}: expected a dict, found a {type(obj).__name__}")
+    return obj
+
+
+# ---------------------------------------------------------------- integrity
+CHECKSUMS_NAME = "checksums.sha256"
+
+
+def _digest(path, algo):
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder, names=None):
+    """Record the sha256 of ``names`` (default: every file) of ``folder`` in ``<folder>/checksums.sha256``
+    (``sha256sum`` format), so that a file changed later is reported by :func:`verify_checksums`."""
+    names = sorted(names if names is not None else
+                   (n for n in os.listdir(folder) if n != CHECKSUMS_NAME and os.path.isfile(os.path.join(folder, n))))
+    lines = "".join(f"{_digest(os.path.join(folder, n), 'sha256')}  {n}\n" for n in names)
+    tmp = os.path.join(folder, f".{CHECKSUMS_NAME}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(lines)
+    os.replace(tmp, os.path.join(folder, CHECKSUMS_NAME))
+
+
+def read_checksums(folder):
+    """{file name: sha256} from ``<folder>/checksums.sha256``, or None when the folder has none."""
+    path = os.path.join(folder, CHECKSUMS_NAME)
+    if not os.path.isfile(path):
+        return None
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                digest, name = line.rstrip("\n").split("  ", 1)
+                out[name] = digest
+    return out
+
+
+def verify_checksums(folder, names=None):
+    """Check the files of ``folder`` against its ``checksums.sha256``; raise :class:`DataFileError` naming
+    every file that is missing or changed. ``names`` limits the check to those files."""
+    manifest = read_checksums(folder)
+    if manifest is None:
+        raise DataFileError(f"{folder}: no {CHECKSUMS_NAME} to verify against")
+    bad = []
+    for name in (names if names is not None else sorted(manifest)):
+        path = os.path.join(folder, name)
+        if name not in manifest:
+            bad.append(f"{path} (not listed in {CHECKSUMS_NAME})")
+        elif not os.path.isfile(path):
+            bad.append(f"{path} (missing)")
+        elif _digest(path, "sha256") != manifest[name]:
+            bad.append(f"{path} (sha256 differs from {CHECKSUMS_NAME}: changed after it was written)")
+    if bad:
+        raise DataFileError("dataset files failed verification:\n  " + "\n  ".join(bad))
+
+
+def _official_md5s(dataset):
+    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+    table = dict(cls.train_list + cls.test_list)
+    table[cls.meta["filename"]] = cls.meta["md5"]
+    return table
+
+
+def verify_cifar_folder(folder, dataset, names):
+    """Integrity of the CIFAR files about to be read. A folder with a ``checksums.sha256`` (the demo set
+    writes one; ``write_checksums`` makes one for a custom set in the CIFAR layout) is checked against it;
+    otherwise files with the official names are checked against the official archives' md5 sums."""
+    if read_checksums(folder) is not None:
+        return verify_checksums(folder, names)
+    official = _official_md5s(dataset)
+    bad = [f"{os.path.join(folder, n)} (md5 {_digest(os.path.join(folder, n), 'md5')}, official {official[n]})"
+           for n in names if n in official and _digest(os.path.join(folder, n), "md5") != official[n]]
+    if bad:
+        raise DataFileError(
+            "CIFAR files do not match the official archive (corrupt, truncated or modified download):\n  "
+            + "\n  ".join(bad) + f"\nDownload them again; for a deliberately custom set in this layout, record "
+            f"its checksums with `python -m common.data checksums {folder}`.")
+
+
+class CIFARPickle(Dataset):
+    """CIFAR-10/100 from the python pickles, read safely and verified (same items as torchvision's CIFAR:
+    ``(PIL image, label)``, with ``data`` (N, 32, 32, 3) uint8, ``targets``, ``classes``, ``class_to_idx``).
+
+    Reads every ``data_batch_*`` present (CIFAR-10) or ``train`` / ``test`` (CIFAR-100)."""
+
+    def __init__(self, root, dataset="cifar10", train=True, transform=None, target_transform=None):
+        sub = _CIFAR_LAYOUT[dataset][0]
+        folder = os.path.join(root, sub)
+        if dataset == "cifar10":
+            names = sorted(n for n in os.listdir(folder) if n.startswith("data_batch")) if train else ["test_batch"]
+            label_key, meta_name, names_key = "labels", "batches.meta", "label_names"
+        else:
+            names = ["train" if train else "test"]
+            label_key, meta_name, names_key = "fine_labels", "meta", "fine_label_names"
+        meta_present = os.path.isfile(os.path.join(folder, meta_name))
+        verify_cifar_folder(folder, dataset, names + ([meta_name] if meta_present else []))
+        images, labels = [], []
+        for name in names:
+            path = os.path.join(folder, name)
+            batch = read_cifar_pickle(path)
+            try:
+                data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                target = [int(v) for v in batch[label_key]]
+            except (KeyError, ValueError, TypeError) as err:
+                raise DataFileError(f"{path}: not a CIFAR batch (needs 'data' rows of 3072 bytes and "
+                                    f"'{label_key}'): {type(err).__name__}: {err}") from None
+            if len(target) != len(data):
+                raise DataFileError(f"{path}: {len(data)} images but {len(target)} labels")
+            images.append(data)
+            labels += target
+        self.data = np.concatenate(images).transpose(0, 2, 3, 1) if images else np.zeros((0, 32, 32, 3), np.uint8)
+        self.targets = labels
+        if meta_present:
+            self.classes = list(read_cifar_pickle(os.path.join(folder, meta_name))[names_key])
+        else:
+            self.classes = [str(i) for i in range(max(labels, default=-1) + 1)]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        bad = [y for y in labels if not 0 <= y < len(self.classes)]
+        if bad:
+            raise DataFileError(f"{folder}: label {bad[0]} outside 0..{len(self.classes) - 1}")
+        self.transform, self.target_transform = transform, target_transform
+        self.root, self.train = root, train
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        img, target = Image.fromarray(self.data[index]), self.targets[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
 
 
 def _missing(path, layout, what):
@@ -112,8 +297,7 @@ def load_cifar(root, dataset="cifar10", train=True, transform=None):
         split_files = ["data_batch_1"] if dataset == "cifar10" else ["train"]
     if not all(os.path.isfile(os.path.join(folder, f)) for f in split_files):
         raise _missing(folder, f"{root}/{sub}/{{{files}}} (the python pickle version)", dataset.upper())
-    cls = _CIFAR10NoMD5 if dataset == "cifar10" else _CIFAR100NoMD5
-    return cls(root, train=train, transform=transform)
+    return CIFARPickle(root, dataset, train=train, transform=transform)
 
 
 def load_imagefolder(root, split, transform=None):
@@ -159,8 +343,12 @@ def build_demo_cifar(root):
     demo_root = os.path.join(root, DEMO_DIRNAME)
     folder = os.path.join(demo_root, "cifar-10-batches-py")
     marker = os.path.join(folder, "batches.meta")
-    if os.path.isfile(marker):
+    if os.path.isfile(marker) and read_checksums(folder) is not None:
         return demo_root
+    if os.path.isdir(folder):  # written by an older version, without checksums: rebuild (it is deterministic)
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
     (xtr, ytr), (xte, yte) = _digits_as_cifar()
     tmp = folder + f".tmp{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
@@ -171,6 +359,7 @@ def build_demo_cifar(root):
             "num_vis": 3072}
     with open(os.path.join(tmp, "batches.meta"), "wb") as f:
         pickle.dump(meta, f, protocol=2)
+    write_checksums(tmp)
     try:
         os.replace(tmp, folder)
     except OSError:  # another process built it first
@@ -260,3 +449,52 @@ class ShardSampler(Sampler):
 
     def __iter__(self):
         return iter(self.indices)
+
+
+class ContiguousDistributedSampler(torch.utils.data.DistributedSampler):
+    """torch's DistributedSampler (same per-epoch permutation, seeded by ``seed + epoch``, same padding by
+    repeating the first indices) but each rank takes a contiguous slice of it instead of every
+    ``world_size``-th index: the Deformable-DETR / DAC-DETR sampler."""
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=gen).tolist()
+        else:
+            order = list(range(n))
+        if self.drop_last:
+            order = order[:self.total_size]
+        else:
+            while len(order) < self.total_size:  # pad by repeating from the start, as torch does
+                order += order[:self.total_size - len(order)]
+        start = self.rank * self.num_samples
+        return iter(order[start:start + self.num_samples])
+
+
+def _main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m common.data", description="dataset utilities")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("checksums", help=f"record the sha256 of every file of FOLDER in FOLDER/{CHECKSUMS_NAME}")
+    c.add_argument("folder")
+    v = sub.add_parser("verify", help=f"check FOLDER against its {CHECKSUMS_NAME}")
+    v.add_argument("folder")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.folder):
+        p.error(f"not a folder: {args.folder}")
+    try:
+        if args.cmd == "checksums":
+            write_checksums(args.folder)
+            print(f"wrote {os.path.join(args.folder, CHECKSUMS_NAME)}")
+        else:
+            verify_checksums(args.folder)
+            print(f"{args.folder}: all files match {CHECKSUMS_NAME}")
+    except DataFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _main()

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from common.data import ContiguousDistributedSampler
 from common.distributed import add_dist_args, barrier, get_rank, init_distributed, is_main_process
 
 __all__ = ["get_args_parser", "main", "build_param_groups", "resolve_device"]
@@ -162,9 +163,9 @@ def _build_loaders(args, distributed):
         ds_val = build_dataset("train", args, eval_in_training_set=True)
     else:
         ds_val = build_dataset("val", args)
-    if distributed:
-        s_train = torch.utils.data.DistributedSampler(ds_train)
-        s_val = torch.utils.data.DistributedSampler(ds_val, shuffle=False)
+    if distributed:  # each rank a contiguous slice of the epoch's permutation, as officially
+        s_train = ContiguousDistributedSampler(ds_train)
+        s_val = ContiguousDistributedSampler(ds_val, shuffle=False)
     else:
         s_train = torch.utils.data.RandomSampler(ds_train)
         s_val = torch.utils.data.SequentialSampler(ds_val)
@@ -262,8 +263,8 @@ def main(args):
     eval_kw = dict(output_dir=args.output_dir, use_wandb=args.use_wandb, print_freq=args.print_freq)
 
     if args.resume:
-        resumed = _resume(args, model_without_ddp, optimizer, lr_scheduler)
-        if resumed:  # check the resumed model once, as the official script does
+        _resume(args, model_without_ddp, optimizer, lr_scheduler)
+        if not args.eval:  # check the resumed model once (weights alone too), as the official script does
             evaluate(model, criterion, postprocessors, dl_val, base_ds, device, **eval_kw)
     if args.eval:
         _, evaluator = evaluate(model, criterion, postprocessors, dl_val, base_ds, device, **eval_kw)

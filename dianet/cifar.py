@@ -86,9 +86,16 @@ def build_model(args, num_classes):
     return dianet.create_model(args.arch, **kw)
 
 
-def lr_at(args, epoch):
-    """Step schedule: lr * gamma ** (number of milestones already reached)."""
-    return args.lr * args.gamma ** sum(epoch >= m for m in args.schedule)
+def lr_at(args, epoch, first_epoch=0):
+    """The official step rule: starting from ``--lr`` at ``first_epoch``, lr is multiplied by gamma at the
+    start of every epoch listed in ``--schedule`` (a milestone listed twice counts once, as officially).
+
+    ``first_epoch`` is ``--start-epoch`` for a fresh run (as officially: lr starts at ``--lr`` there) and 0 for
+    a resumed run: after ``--resume`` the lr follows the schedule from epoch 0, so a resumed run trains with
+    the lr of the uninterrupted run (officially it keeps the checkpoint optimizer's lr until the next
+    milestone, then jumps to ``--lr * gamma``, and logs ``--lr``).
+    """
+    return args.lr * args.gamma ** sum(first_epoch <= m <= epoch for m in set(args.schedule))
 
 
 def _loaders(args, env, root, dataset):
@@ -146,8 +153,6 @@ def main(argv=None):
     scaler = amp.make_scaler()
     title = "cifar-10-" + args.arch
     best_acc, start_epoch = 0.0, args.start_epoch
-    if env.is_main:
-        os.makedirs(args.checkpoint, exist_ok=True)
     if resume_state is not None:
         log("==> Resuming from checkpoint..")
         best_acc = float(resume_state.get("best_acc", 0.0))
@@ -158,6 +163,14 @@ def main(argv=None):
             scaler.load_state_dict(resume_state["scaler"])
         ckpt.set_rng_state(resume_state.get("rng_state"))
     resumed = resume_state is not None
+    if args.evaluate:  # evaluation only: the training logs and checkpoints are left as they are
+        log("\nEvaluation only")
+        res = engine.evaluate(model, test_loader, criterion, env, amp, args.channels_last)
+        log(" Test Loss:  %.8f, Test Acc:  %.2f" % (res["loss"], res["top1"]))
+        return res
+
+    if env.is_main:
+        os.makedirs(args.checkpoint, exist_ok=True)
     logger = OfficialLogger(os.path.join(args.checkpoint, "log.txt"), title=title, resume=resumed,
                             keep_rows=start_epoch if resumed else None)
     logger.set_names(["Learning Rate", "Train Loss", "Valid Loss", "Train Acc.", "Valid Acc."])
@@ -165,14 +178,8 @@ def main(argv=None):
                         keep_rows=start_epoch if resumed else None)
     tb = TBWriter(os.path.join(args.checkpoint, "tb"))
 
-    if args.evaluate:
-        log("\nEvaluation only")
-        res = engine.evaluate(model, test_loader, criterion, env, amp, args.channels_last)
-        log(" Test Loss:  %.8f, Test Acc:  %.2f" % (res["loss"], res["top1"]))
-        return res
-
     for epoch in range(start_epoch, args.epochs):
-        lr = lr_at(args, epoch)
+        lr = lr_at(args, epoch, first_epoch=0 if resumed else args.start_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         log("\nEpoch: [%d | %d] LR: %f" % (epoch + 1, args.epochs, lr))
@@ -222,7 +229,8 @@ def main(argv=None):
 def cli(argv=None):
     try:
         main(argv)
-    except (cdata.DatasetNotFoundError, ckpt.CheckpointMismatchError, UnknownModelError, FileNotFoundError) as err:
+    except (cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointMismatchError, UnknownModelError,
+            FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -251,6 +251,15 @@ def test_main_checkpoints_log_and_resume(demo_root, tmp_path, monkeypatch, capsy
     for k, v in made[2].state_dict().items():
         assert torch.equal(ck1["model"][k], v)
 
+    # weights alone (no optimizer state): loaded, evaluated once before training as officially, epoch 0 next
+    torch.save({"model": ck1["model"]}, out / "weights.pth")
+    args = _args(demo_root, "--output_dir", str(tmp_path / "w"), "--epochs", "1", "--resume", str(out / "weights.pth"))
+    dmain.main(args)
+    assert args.start_epoch == 0 and made[3].seen_num_queries[0] == 12
+    from common.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "w" / "checkpoint.pth")["epoch"] == 0
+
 
 def test_main_nan_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch, capsys):
     # 8 train images / batch 2 = 4 steps + 2 val batches per epoch: NaN appears in epoch 1
