@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from common.checkpoint import read_state_dict
+from common.layers.norm import FrozenBatchNorm2d
 
 from ..util.misc import NestedTensor
 from .position_encoding import build_position_encoding
@@ -37,40 +38,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESNET_INIT_PATH = "./initmodel/resnet50-19c8e357.pth"
-
-
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine terms, all stored as buffers.
-
-    ``y = x * scale + (bias - running_mean * scale)`` with ``scale = weight * rsqrt(running_var + eps)``.
-    A ``num_batches_tracked`` entry in a loaded state dict is ignored.
-    """
-
-    def __init__(self, n, eps=1e-5):
-        super().__init__()
-        self.register_buffer("weight", torch.ones(n))
-        self.register_buffer("bias", torch.zeros(n))
-        self.register_buffer("running_mean", torch.zeros(n))
-        self.register_buffer("running_var", torch.ones(n))
-        self.eps = eps
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def forward(self, x):
-        w = self.weight.reshape(1, -1, 1, 1)
-        b = self.bias.reshape(1, -1, 1, 1)
-        rv = self.running_var.reshape(1, -1, 1, 1)
-        rm = self.running_mean.reshape(1, -1, 1, 1)
-        scale = w * (rv + self.eps).rsqrt()
-        shift = b - rm * scale
-        return x * scale + shift
-
-    def extra_repr(self):
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 def _masks_for(features: Dict[str, torch.Tensor], mask: torch.Tensor) -> Dict[str, NestedTensor]:
