@@ -286,7 +286,8 @@ def _write_png(path, image):
     from PIL import Image
 
     # No metadata chunks and fixed zlib settings: the same pixels give the same bytes on every build.
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(path, format="PNG", optimize=False, compress_level=9)
+    image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    image.save(path, format="PNG", optimize=False, compress_level=9)
 
 
 def build_demo_imagefolder(root, verify=True):

@@ -340,3 +340,22 @@ def test_multiprocessing_distributed_spawns_two_gloo_ranks(tmp_path):
             info = json.load(f)
         assert info == dict(rank=r, world=2, local=r, dist_rank=r, dist_world=2, backend="gloo", sum=3.0,
                             env_rank=str(r), url=f"tcp://127.0.0.1:{port}")
+
+
+def test_world_size_flag_without_spawn_sets_the_rendezvous(monkeypatch):
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):  # restored afterwards
+        monkeypatch.setenv(key, "0")
+    seen = {}
+
+    def fake_init(local_rank, device=None, backend=None):
+        seen.update({k: os.environ[k] for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")},
+                    backend=backend, device=device)
+        return D.DistEnv(1, 0, 2, True, torch.device("cpu"))
+
+    monkeypatch.setattr(D, "init_distributed", fake_init)
+    monkeypatch.setattr(D, "cleanup", lambda: seen.update(cleaned=True))
+    args = D.add_examples_dist_args(argparse.ArgumentParser()).parse_args(
+        ["--world-size", "2", "--rank", "1", "--dist-url", "tcp://127.0.0.1:2999"])
+    assert D.launch_examples(lambda env, a: env.rank, args, device="cpu") == 1
+    assert seen == dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="2999", RANK="1", WORLD_SIZE="2", LOCAL_RANK="0",
+                        backend="gloo", device="cpu", cleaned=True)

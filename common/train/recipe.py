@@ -24,8 +24,9 @@ Recipes of the papers, in these terms:
 
 * pytorch/examples ImageNet (DLA ``train.py``, RLA-Net ``train.py``): ``common.data.imagenet_transforms``,
   ``nn.CrossEntropyLoss()``, ``build_optimizer(model, 'momentum', lr, wd, filter_bias_and_bn=False,
-  no_weight_decay=())`` (torch SGD, no Nesterov, decay on every parameter), ``set_lr(opt, examples_lr(epoch, lr, warmup_epochs=..., warmup_lr=...))``
-  at the start of each epoch. DLA's ``--wd-la``: ``overrides=[('*layer_atten*', {'weight_decay': wd_la})]``.
+  no_weight_decay=())`` (torch SGD, no Nesterov, decay on every parameter),
+  ``set_lr(opt, examples_lr(epoch, lr, warmup_epochs=..., warmup_lr=...))`` at the start of each epoch.
+  DLA's ``--wd-la``: ``overrides=[('*layer_atten*', {'weight_decay': wd_la})]``.
   RLA-Net ``train_light.py``: ``examples_lr(epoch, 0.045, decay_epochs=1, decay_rate=0.98)``.
 * Swin-style (DWNet ``main.py``): ``timm_transform(True, 224)`` (the defaults are that recipe),
   ``build_mixup(num_classes, 0.8, 1.0, smoothing=0.1)``, ``build_criterion(True, 0.1)``,
