@@ -234,7 +234,7 @@ def launch_examples(main_fn, args, nprocs=None, device=None, timeout=None):
 
     ``--dist-backend`` applies on GPUs; CPU processes use gloo. ``device`` as in :func:`init_distributed`
     (``--gpu`` picks the GPU of a single process). Dividing ``-b`` / ``-j`` by the processes per node is left to
-    ``main_fn`` (``env.world_size``).
+    ``main_fn`` (``env.world_size``). Returns ``main_fn``'s result when it ran in this process, None when spawned.
     """
     world = getattr(args, "world_size", -1)
     node_rank = max(getattr(args, "rank", 0) or 0, 0)
