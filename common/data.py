@@ -4,12 +4,17 @@
 - ImageNet as ImageFolder (``train/``, ``val/``).
 - A demo set that is real data and needs no network: scikit-learn's 1,797 handwritten digits, upscaled to
   32x32 RGB with a fixed stratified split, written once in the CIFAR-10 pickle format so the CIFAR code path
-  reads it.
+  reads it, and once more as an ImageFolder of PNGs so the ImageNet code path reads it.
+- ``SHA256SUMS`` manifests (``sha256sum`` format) written when a demo set is built and verified when it is read.
+- Dataset files never run code: the CIFAR pickles are read with a restricted unpickler.
 """
+import contextlib
 import hashlib
 import math
 import os
 import pickle
+import random
+import shutil
 import sys
 
 import numpy as np
@@ -22,9 +27,7 @@ __all__ = [
     "DataFileError",
     "CIFARPickle",
     "read_cifar_pickle",
-    "write_checksums",
     "read_checksums",
-    "verify_checksums",
     "verify_cifar_folder",
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -33,6 +36,9 @@ __all__ = [
     "cifar_transforms",
     "imagenet_transforms",
     "build_demo_cifar",
+    "build_demo_imagefolder",
+    "write_checksums",
+    "verify_checksums",
     "load_cifar",
     "load_imagefolder",
     "SeededAugment",
@@ -49,6 +55,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEMO_DIRNAME = "digits-demo"
 DEMO_TEST_SIZE = 360
 DEMO_SEED = 0
+DEMO_IMAGEFOLDER_DIRNAME = "digits-demo-imagefolder"
+CHECKSUMS_NAME = "SHA256SUMS"
 
 _CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", "data_batch_1 ... data_batch_5, test_batch, batches.meta"),
@@ -140,11 +148,8 @@ def read_cifar_pickle(path):
     return obj
 
 
-# ---------------------------------------------------------------- integrity
-CHECKSUMS_NAME = "checksums.sha256"
-
-
-def _digest(path, algo):
+# ---------------------------------------------------------------- checksum manifests
+def _digest(path, algo="sha256"):
     h = hashlib.new(algo)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -152,51 +157,77 @@ def _digest(path, algo):
     return h.hexdigest()
 
 
-def write_checksums(folder, names=None):
-    """Record the sha256 of ``names`` (default: every file) of ``folder`` in ``<folder>/checksums.sha256``
-    (``sha256sum`` format), so that a file changed later is reported by :func:`verify_checksums`."""
-    names = sorted(names if names is not None else
-                   (n for n in os.listdir(folder) if n != CHECKSUMS_NAME and os.path.isfile(os.path.join(folder, n))))
-    lines = "".join(f"{_digest(os.path.join(folder, n), 'sha256')}  {n}\n" for n in names)
-    tmp = os.path.join(folder, f".{CHECKSUMS_NAME}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(lines)
-    os.replace(tmp, os.path.join(folder, CHECKSUMS_NAME))
+def write_checksums(folder, files, manifest=CHECKSUMS_NAME):
+    """Write ``<folder>/<manifest>`` in ``sha256sum`` format (``<hex>  <relative/path>``, sorted, ``/``
+    separators) for ``files`` (paths relative to ``folder``); ``sha256sum -c`` in ``folder`` checks it too.
+    Returns the manifest path."""
+    rels = sorted(str(f).replace(os.sep, "/") for f in files)
+    lines = [f"{_digest(os.path.join(folder, *rel.split('/')))}  {rel}\n" for rel in rels]
+    path = os.path.join(folder, manifest)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(lines)
+    return path
 
 
-def read_checksums(folder):
-    """{file name: sha256} from ``<folder>/checksums.sha256``, or None when the folder has none."""
-    path = os.path.join(folder, CHECKSUMS_NAME)
-    if not os.path.isfile(path):
-        return None
-    out = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                digest, name = line.rstrip("\n").split("  ", 1)
-                out[name] = digest
-    return out
+def _read_manifest(path):
+    entries = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            digest, sep, rel = line.partition(" ")
+            rel = rel[1:] if rel[:1] in (" ", "*") else rel
+            parts = rel.split("/")
+            if (not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower())
+                    or not rel or rel.startswith("/") or ".." in parts):
+                raise DataFileError(f"{path}, line {lineno}: not a 'sha256  relative/path' line: {line!r}")
+            entries[rel] = digest.lower()
+    return entries
 
 
-def verify_checksums(folder, names=None):
-    """Check the files of ``folder`` against its ``checksums.sha256``; raise :class:`DataFileError` naming
-    every file that is missing or changed. ``names`` limits the check to those files."""
-    manifest = read_checksums(folder)
-    if manifest is None:
-        raise DataFileError(f"{folder}: no {CHECKSUMS_NAME} to verify against")
-    bad = []
-    for name in (names if names is not None else sorted(manifest)):
-        path = os.path.join(folder, name)
-        if name not in manifest:
-            bad.append(f"{path} (not listed in {CHECKSUMS_NAME})")
-        elif not os.path.isfile(path):
-            bad.append(f"{path} (missing)")
-        elif _digest(path, "sha256") != manifest[name]:
-            bad.append(f"{path} (sha256 differs from {CHECKSUMS_NAME}: changed after it was written)")
-    if bad:
-        raise DataFileError("dataset files failed verification:\n  " + "\n  ".join(bad))
+def read_checksums(folder, manifest=CHECKSUMS_NAME):
+    """``{relative/path: sha256}`` from ``<folder>/<manifest>``, or None when the folder has no manifest."""
+    path = os.path.join(folder, manifest)
+    return _read_manifest(path) if os.path.isfile(path) else None
 
 
+def verify_checksums(folder, manifest=CHECKSUMS_NAME, exhaustive=False, hint=""):
+    """Check the files under ``folder`` against ``manifest``: a path (relative to ``folder`` or absolute) of a
+    ``sha256sum``-format file, or a mapping ``{relative/path: sha256 hex}``.
+
+    Raises :class:`DataFileError` naming every changed or missing file (and, with ``exhaustive=True``,
+    every file present under ``folder`` that the manifest does not list, the manifest itself excepted);
+    ``hint`` is appended to the message (e.g. how to rebuild). Returns the number of files checked.
+    """
+    if isinstance(manifest, (str, os.PathLike)):
+        manifest_path = os.path.join(folder, manifest)
+        if not os.path.isfile(manifest_path):
+            raise DataFileError(f"checksum manifest {manifest_path!r} not found. {hint}".rstrip())
+        entries, source = _read_manifest(manifest_path), manifest_path
+    else:
+        entries, manifest_path, source = dict(manifest), None, "the checksum manifest"
+    problems = []
+    for rel, digest in sorted(entries.items()):
+        path = os.path.join(folder, *rel.split("/"))
+        if not os.path.isfile(path):
+            problems.append(f"missing: {path}")
+        elif _digest(path) != digest.lower():
+            problems.append(f"changed: {path}")
+    if exhaustive:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, folder).replace(os.sep, "/")
+                if rel not in entries and (manifest_path is None or not os.path.samefile(path, manifest_path)):
+                    problems.append(f"not in the manifest: {path}")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise DataFileError(
+            f"{len(problems)} file(s) under {folder!r} do not match {source}:\n  " + "\n  ".join(shown)
+            + (f"\n{hint}" if hint else ""))
+    return len(entries)
+
+
+# ---------------------------------------------------------------- integrity of the CIFAR files
 def _official_md5s(dataset):
     cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
     table = dict(cls.train_list + cls.test_list)
@@ -205,11 +236,16 @@ def _official_md5s(dataset):
 
 
 def verify_cifar_folder(folder, dataset, names):
-    """Integrity of the CIFAR files about to be read. A folder with a ``checksums.sha256`` (the demo set
+    """Integrity of the CIFAR files about to be read. A folder with a ``SHA256SUMS`` (the demo set
     writes one; ``write_checksums`` makes one for a custom set in the CIFAR layout) is checked against it;
     otherwise files with the official names are checked against the official archives' md5 sums."""
-    if read_checksums(folder) is not None:
-        return verify_checksums(folder, names)
+    recorded = read_checksums(folder)
+    if recorded is not None:
+        missing = [n for n in names if n not in recorded]
+        if missing:
+            raise DataFileError(f"{folder}: {', '.join(missing)} not listed in {CHECKSUMS_NAME}; record the set's "
+                                f"checksums again with `python -m common.data checksums {folder}`")
+        return verify_checksums(folder, {n: recorded[n] for n in names})
     official = _official_md5s(dataset)
     bad = [f"{os.path.join(folder, n)} (md5 {_digest(os.path.join(folder, n), 'md5')}, official {official[n]})"
            for n in names if n in official and _digest(os.path.join(folder, n), "md5") != official[n]]
@@ -301,10 +337,24 @@ def load_cifar(root, dataset="cifar10", train=True, transform=None):
 
 
 def load_imagefolder(root, split, transform=None):
+    """``<root>/<split>/<class>/<image>`` through torchvision's ImageFolder (ImageNet, or the digits demo of
+    :func:`build_demo_imagefolder`). A missing or empty split stops with one message naming the path, the layout
+    and ``--demo``."""
     folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-        raise _missing(folder, f"{root}/{{train,val}}/<class>/<image>.JPEG (ImageFolder)", "ImageNet split")
-    return datasets.ImageFolder(folder, transform=transform)
+    try:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(folder)
+        return datasets.ImageFolder(folder, transform=transform)
+    except FileNotFoundError as err:  # no folder, no class folders, or no image in any class folder
+        found = "" if not os.path.isdir(folder) else f" ({err})"
+        raise DatasetNotFoundError(
+            f"ImageNet split {split!r} not found at {folder!r}{found}.\n"
+            f"Expected layout: {root}/{{train,val}}/<class>/<image>.JPEG (ImageFolder; val sorted into class "
+            f"folders).\n"
+            f"Download the dataset there and point the script at it, or use the bundled demo ImageFolder instead "
+            f"(--demo; {DEMO_IMAGEFOLDER_DIRNAME}/{{train,val}}/<digit>/*.png, built offline from scikit-learn's "
+            f"handwritten digits by common.data.build_demo_imagefolder)."
+        ) from None
 
 
 def _digits_as_cifar():
@@ -346,8 +396,6 @@ def build_demo_cifar(root):
     if os.path.isfile(marker) and read_checksums(folder) is not None:
         return demo_root
     if os.path.isdir(folder):  # written by an older version, without checksums: rebuild (it is deterministic)
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
     (xtr, ytr), (xte, yte) = _digits_as_cifar()
     tmp = folder + f".tmp{os.getpid()}"
@@ -359,26 +407,90 @@ def build_demo_cifar(root):
             "num_vis": 3072}
     with open(os.path.join(tmp, "batches.meta"), "wb") as f:
         pickle.dump(meta, f, protocol=2)
-    write_checksums(tmp)
+    write_checksums(tmp, os.listdir(tmp))
     try:
         os.replace(tmp, folder)
     except OSError:  # another process built it first
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return demo_root
 
 
+# ---------------------------------------------------------------- digits demo as an ImageFolder
+def _write_png(path, image):
+    from PIL import Image
+
+    # No metadata chunks and fixed zlib settings: the same pixels give the same bytes on every build.
+    image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    image.save(path, format="PNG", optimize=False, compress_level=9)
+
+
+def build_demo_imagefolder(root, verify=True):
+    """Write the digits demo set as an ImageFolder under ``<root>/digits-demo-imagefolder/`` (once) and return
+    that folder, which :func:`load_imagefolder` reads (``split='train'`` / ``'val'``).
+
+    Same images and split as the CIFAR-format demo (:func:`_digits_as_cifar`): 1,437 train / 360 val images,
+    32x32 RGB PNGs in ``train/<digit>/<index>.png`` and ``val/<digit>/<index>.png`` (``<index>`` = position in
+    the split, 5 digits). 32x32 keeps every bit of the 8x8 originals, reads fast, and goes through the ImageNet
+    transforms unchanged (RandomResizedCrop / Resize + CenterCrop upscale it to the crop size; pass a smaller
+    crop for quick CPU runs). The folder is written to a temporary name and renamed, so a reader never sees half
+    of it; ``SHA256SUMS`` (``sha256sum`` format) is written with it and, when ``verify``, checked every time the
+    folder is reused: a changed, missing or added file raises :class:`DataFileError` naming it.
+    """
+    demo_root = os.path.join(root, DEMO_IMAGEFOLDER_DIRNAME)
+    hint = f"Delete {demo_root!r} to rebuild the demo set."
+    if os.path.isdir(demo_root):
+        if verify:
+            verify_checksums(demo_root, CHECKSUMS_NAME, exhaustive=True, hint=hint)
+        return demo_root
+    (xtr, ytr), (xte, yte) = _digits_as_cifar()
+    tmp = demo_root + f".tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = []
+    for split, images, labels in (("train", xtr, ytr), ("val", xte, yte)):
+        for cls in range(10):
+            os.makedirs(os.path.join(tmp, split, str(cls)))
+        for i, (image, label) in enumerate(zip(images, labels)):
+            rel = f"{split}/{int(label)}/{i:05d}.png"
+            _write_png(os.path.join(tmp, *rel.split("/")), image)
+            files.append(rel)
+    write_checksums(tmp, files)
+    try:
+        os.replace(tmp, demo_root)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return demo_root
+
+
+# ---------------------------------------------------------------- per-sample seeded augmentation
 def _sample_seed(seed, epoch, index):
     digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def _seeded_host_rngs(seed):
+    """Seed torch's CPU generator, Python's ``random`` and NumPy's global RNG with ``seed`` for the block, then
+    put all three back as they were (CUDA generators are left alone)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class SeededAugment(Dataset):
     """Wraps a dataset so each sample's random augmentation depends only on (seed, epoch, index).
 
     The same image gets the same crop/flip whichever process, worker or resumed run loads it, which makes
-    multi-process runs equal to single-process ones and resumed runs equal to uninterrupted ones.
+    multi-process runs equal to single-process ones and resumed runs equal to uninterrupted ones. torch's CPU
+    generator, Python's ``random`` and NumPy's global RNG are all seeded per sample (torchvision transforms draw
+    from torch; timm's RandAugment / AutoAugment / random erasing from ``random`` and NumPy) and restored
+    afterwards, so the caller's random streams are untouched.
     """
 
     def __init__(self, dataset, seed=0):
@@ -393,8 +505,7 @@ class SeededAugment(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
+        with _seeded_host_rngs(_sample_seed(self.seed, self.epoch, index)):
             return self.dataset[index]
 
 
@@ -486,7 +597,8 @@ def _main(argv=None):
         p.error(f"not a folder: {args.folder}")
     try:
         if args.cmd == "checksums":
-            write_checksums(args.folder)
+            write_checksums(args.folder, [n for n in os.listdir(args.folder) if n != CHECKSUMS_NAME
+                                          and os.path.isfile(os.path.join(args.folder, n))])
             print(f"wrote {os.path.join(args.folder, CHECKSUMS_NAME)}")
         else:
             verify_checksums(args.folder)

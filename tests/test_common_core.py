@@ -143,7 +143,7 @@ def test_demo_set_is_the_sklearn_digits(demo_root):
     from sklearn.datasets import load_digits
 
     folder = os.path.join(demo_root, "cifar-10-batches-py")
-    assert sorted(os.listdir(folder)) == (["batches.meta", "checksums.sha256"] + [f"data_batch_{i}" for i in range(1, 6)]
+    assert sorted(os.listdir(folder)) == (["SHA256SUMS", "batches.meta"] + [f"data_batch_{i}" for i in range(1, 6)]
                                           + ["test_batch"])
     train = cdata.load_cifar(demo_root, "cifar10", train=True)
     test = cdata.load_cifar(demo_root, "cifar10", train=False)
