@@ -19,6 +19,7 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 from common.checkpoint import read_state_dict
+from common.logging import log_load_report
 
 __all__ = ["SwinTransformer", "build_swin", "load_swin_pretrained", "SWIN_CONFIGS"]
 
@@ -366,6 +367,5 @@ def load_swin_pretrained(model: SwinTransformer, path: str):
     if "absolute_pos_embed" in state and "absolute_pos_embed" in own:
         state["absolute_pos_embed"] = state["absolute_pos_embed"].reshape(own["absolute_pos_embed"].shape)
     result = model.load_state_dict(state, strict=False)
-    logger.info("loaded %s into Swin (missing %d, unexpected %d keys)", path,
-                len(result.missing_keys), len(result.unexpected_keys))
+    log_load_report(result, path, "Swin", logger)
     return result
