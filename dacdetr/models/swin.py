@@ -19,7 +19,6 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 from common.checkpoint import read_state_dict
-from common.logging import log_load_report
 
 __all__ = ["SwinTransformer", "build_swin", "load_swin_pretrained", "SWIN_CONFIGS"]
 
@@ -367,5 +366,6 @@ def load_swin_pretrained(model: SwinTransformer, path: str):
     if "absolute_pos_embed" in state and "absolute_pos_embed" in own:
         state["absolute_pos_embed"] = state["absolute_pos_embed"].reshape(own["absolute_pos_embed"].shape)
     result = model.load_state_dict(state, strict=False)
-    log_load_report(result, path, "Swin", logger)
+    logger.info("loaded %s into Swin (missing %d, unexpected %d keys)", path,
+                len(result.missing_keys), len(result.unexpected_keys))
     return result
