@@ -236,3 +236,10 @@ def test_weight_loading_report_reaches_rank0(capsys, clean_logging):
     setup_logging(rank=2)
     log_load_report(result, "w.pth")
     assert capsys.readouterr().out == ""
+
+
+def test_loose_config_without_defaults(tree):
+    cfg = load_config(tree, opts=["TRAIN.EPOCHS", "3"])  # no defaults: the file's own keys, still type-checked
+    assert cfg.MODEL.NAME == "child" and cfg.TRAIN.EPOCHS == 3 and cfg.TRAIN.BASE_LR == 1e-3
+    with pytest.raises(ConfigError, match="TRAIN.EPOCHS takes a value of type int"):
+        load_config(tree, opts=["TRAIN.EPOCHS", "three"])
