@@ -27,7 +27,8 @@ from common import checkpoint as ckpt  # noqa: E402
 from common import data as cdata  # noqa: E402
 from common import distributed as D  # noqa: E402
 from common import engine  # noqa: E402
-from common.logging import JsonlLogger, OfficialLogger, TBWriter  # noqa: E402
+from common.config import dump_run_config  # noqa: E402
+from common.logging import JsonlLogger, OfficialLogger, TBWriter, setup_logging  # noqa: E402
 from common.registry import UnknownModelError  # noqa: E402
 
 MODEL_NAMES = dianet.list_models()
@@ -117,7 +118,7 @@ def main(argv=None):
     if args.arch not in MODEL_NAMES:
         parser.error(f"unknown architecture -a {args.arch!r}; choose one of: {', '.join(MODEL_NAMES)}")
     env = D.init_distributed(args.local_rank, device=args.device)
-    log = print if env.is_main else (lambda *a, **k: None)
+    log = setup_logging(rank=env.rank)
 
     resume_state = ckpt.load_checkpoint(args.resume) if args.resume else None
     if args.manualSeed is None:
@@ -151,6 +152,8 @@ def main(argv=None):
                                 weight_decay=args.weight_decay)
     amp = engine.amp_from_args(args, env.device)
     scaler = amp.make_scaler()
+    if env.is_main and not args.evaluate:  # the resolved flags of a training run; -e leaves the folder alone
+        dump_run_config(args.checkpoint, args)
     title = "cifar-10-" + args.arch
     best_acc, start_epoch = 0.0, args.start_epoch
     if resume_state is not None:

@@ -44,6 +44,11 @@ def test_resume_after_kill_reproduces_uninterrupted_run(demo_root, tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("test_top1")] == [1, 2]
     assert (full / "model_best.pth.tar").is_file()
+    from common.config import read_yaml
+
+    flags = read_yaml(full / "config.yaml")  # the resolved flags of the run
+    assert flags["arch"] == "dia_resnet" and flags["depth"] == 11 and flags["epochs"] == 2
+    assert flags["schedule"] == [1] and flags["manualSeed"] == 7 and flags["checkpoint"] == str(full)
 
     # Same run, killed in the middle of epoch 2, then resumed from the epoch-1 checkpoint.
     cut = tmp_path / "cut"
@@ -115,6 +120,7 @@ def test_foreign_checkpoint_and_nan_loss(demo_root, tmp_path):
     logged = [float(x) for x in _rows(good)[0].split("\t") if x]
     assert abs(float(line.rsplit(":", 1)[1]) - logged[4]) < 0.01
     assert abs(float(line.split(",")[0].split(":")[1]) - logged[2]) < 1e-5
+    assert not (tmp_path / "eval" / "config.yaml").exists()  # evaluation writes no run config
 
     # A checkpoint of another architecture: one message listing the mismatched keys.
     proc = run_script([SCRIPT, "-a", "dia_preresnet", "--depth", "11", "--block-name", "bottleneck", "--demo",

@@ -20,6 +20,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from common.checkpoint import read_state_dict
 from common.layers.norm import FrozenBatchNorm2d
+from common.logging import log_load_report
 
 from ..util.misc import NestedTensor
 from .position_encoding import build_position_encoding
@@ -87,8 +88,7 @@ class Backbone(BackboneBase):
             norm_layer=FrozenBatchNorm2d)
         if pretrained_path and os.path.isfile(pretrained_path):
             result = net.load_state_dict(read_state_dict(pretrained_path), strict=False)
-            logger.info("loaded %s into %s (missing %d, unexpected %d keys)", pretrained_path, name,
-                        len(result.missing_keys), len(result.unexpected_keys))
+            log_load_report(result, pretrained_path, name, logger)  # on rank 0 (common.logging.setup_logging)
         elif pretrained_path:
             logger.warning("backbone weights %s not found: %s keeps its random initialisation "
                            "(put the ImageNet checkpoint there to train as the paper)", pretrained_path, name)
