@@ -14,6 +14,12 @@ with ``F(z) = W2 relu(W1 z + b1) + b2``, ``W1: C -> C // r``, ``W2: C // r -> 4C
 ``r = 4``. The state starts at zero at the first block of every stage and is never carried
 across stages.
 
+The cell is :class:`common.layers.dia.DIALSTMCell`. Every network follows the classifier contract of
+:mod:`common.models` (``forward_features`` / ``forward_head`` / ``reset_classifier`` / ``feature_info`` /
+``features_only`` / grad checkpointing); its trunk activations are ``nn.ReLU`` modules, which have no
+parameters. The named variants (``dia_resnet164``, ...) are declared once, at the end of this file, in
+``REGISTRY``; the paper's four are registered in timm from there.
+
 Module names, registration order and shapes follow the authors' code so that their
 checkpoints load with ``strict=True`` (``<stage>.ModuleList.<i>.*`` then ``<stage>.lstm.*``).
 Differences from that code, none of which changes the result of a configuration it can run:
