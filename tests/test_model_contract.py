@@ -313,6 +313,11 @@ def test_timm_features_only_and_kwargs(tmp_path):
     got10 = timm.create_model("dia_resnet164", depth=11, num_classes=10, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(path)))
     assert torch.equal(got10.conv1.weight, src.conv1.weight) and got10.fc.out_features == 10
+    # train.py --pretrained --pretrained-path PATH --num-classes 3 (its overlay forces head adaptation)
+    got3 = _train_py_create("dia_resnet164", depth=11, num_classes=3, pretrained=True,
+                            pretrained_cfg_overlay=dict(file=str(path), num_classes=-1))
+    assert torch.equal(got3.layer3.lstm.w_ih[0].seq[0].weight, src.layer3.lstm.w_ih[0].seq[0].weight)
+    assert got3.num_classes == 3 and got3.fc.out_features == 3
 
 
 def test_timm_registration_does_not_shadow_or_pollute():
