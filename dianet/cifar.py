@@ -87,6 +87,24 @@ def build_model(args, num_classes):
     return dianet.create_model(args.arch, **kw)
 
 
+# constructor keyword -> cifar.py flag (the inverse of build_model)
+_VARIANT_FLAGS = {"depth": "--depth", "block_name": "--block-name", "cardinality": "--cardinality",
+                  "widen_factor": "--widen-factor", "dropRate": "--drop"}
+
+
+def variant_args(name):
+    """The ``-a`` / model flags that make :func:`build_model` build the named variant ``name`` (from
+    ``dianet.get_variant``), e.g. ``dia_resnet164`` -> ``-a dia_resnet --depth 164 --block-name bottleneck``."""
+    variant = dianet.get_variant(name)
+    unknown = sorted(set(variant.kwargs) - set(_VARIANT_FLAGS))
+    if unknown:
+        raise ValueError(f"variant {name!r} sets {unknown}, which cifar.py has no flag for")
+    argv = ["-a", variant.model]
+    for key, value in variant.kwargs.items():
+        argv += [_VARIANT_FLAGS[key], str(value)]
+    return argv
+
+
 def lr_at(args, epoch, first_epoch=0):
     """The official step rule: starting from ``--lr`` at ``first_epoch``, lr is multiplied by gamma at the
     start of every epoch listed in ``--schedule`` (a milestone listed twice counts once, as officially).

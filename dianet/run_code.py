@@ -44,12 +44,23 @@ def _flag_args(flags, source):
 
 
 def load_recipe(path):
-    """The cifar.py arguments of the recipe file ``path`` (``flags`` of a YAML file in ``dianet/configs``)."""
+    """The cifar.py arguments of the recipe file ``path``: the model flags of its ``variant`` (a named variant
+    of ``dianet``, declared once in ``dianet/models.py``) followed by its ``flags``."""
     data = read_yaml(path)
-    unknown = set(data) - {"description", "order", "flags"}
+    unknown = set(data) - {"description", "order", "variant", "flags"}
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (a recipe has description, order, flags)")
-    return _flag_args(data.get("flags"), path)
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (a recipe has description, order, variant, "
+                          f"flags)")
+    argv = []
+    if data.get("variant") is not None:
+        from dianet.cifar import variant_args
+        from common.registry import UnknownModelError
+
+        try:
+            argv = variant_args(str(data["variant"]))
+        except (UnknownModelError, ValueError) as err:
+            raise ConfigError(f"{path}: variant: {err}") from None
+    return argv + _flag_args(data.get("flags"), path)
 
 
 def recipes():

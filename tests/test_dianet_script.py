@@ -141,10 +141,11 @@ def test_run_code_dry_run_prints_the_four_recipes():
     proc = run_script([os.path.join("dianet", "run_code.py"), "--recipe", "all", "--dry-run"], check=True)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 4
-    assert lines[0].endswith("-a dia_resnet --train-batch 128 --dataset cifar100 --depth 164 --block-name "
-                             "bottleneck --epochs 180 --schedule 60 120 --gamma 0.1 --wd 1e-4 --checkpoint "
+    assert lines[0].endswith("-a dia_resnet --depth 164 --block-name bottleneck --train-batch 128 --dataset "
+                             "cifar100 --epochs 180 --schedule 60 120 --gamma 0.1 --wd 1e-4 --checkpoint "
                              "checkpoints/cifar100/resnet-164-dia-rate4")
-    assert "--depth 52 --widen-factor 4 --drop 0.3 --epochs 200 --schedule 80 120 160 --wd 5e-4 --gamma 0.2" in lines[2]
+    assert "--depth 52 --widen-factor 4 --drop 0.3" in lines[2]
+    assert "--epochs 200 --schedule 80 120 160 --wd 5e-4 --gamma 0.2" in lines[2]
     assert "-a dia_resnext" in lines[3] and "--cardinality 8" in lines[3]
 
 
@@ -172,3 +173,20 @@ def test_lr_rule_is_the_official_one():
         assert ours == pytest.approx(official(0.1, 0.2, schedule, start, 10), rel=1e-15), (schedule, start)
     a = argparse.Namespace(lr=0.1, gamma=0.1, schedule=[2, 4])
     assert [cifar.lr_at(a, e, first_epoch=0) for e in (3, 4)] == pytest.approx([0.01, 0.001])  # resumed at 3
+
+
+def test_variant_flags_build_the_variant():
+    """cifar.py's model flags for each named variant (what run_code.py's recipes use) build exactly that variant."""
+    import dianet
+    from dianet import cifar
+
+    for v in dianet.variants():
+        if set(v.kwargs) - set(cifar._VARIANT_FLAGS):
+            continue  # fc_share__dense164: its reduction has no cifar.py flag
+        args = cifar.get_parser().parse_args(cifar.variant_args(v.name))
+        torch.manual_seed(0)
+        ours = cifar.build_model(args, v.num_classes)
+        torch.manual_seed(0)
+        ref = dianet.create_model(v.name)
+        assert [(k, t.shape) for k, t in ours.state_dict().items()] == \
+               [(k, t.shape) for k, t in ref.state_dict().items()], v.name
