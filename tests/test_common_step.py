@@ -217,3 +217,27 @@ def test_accuracy_any_topk_hard_and_soft_targets(soft):
         assert math.isclose(v.item(), _loop_topk(out, target, min(k, 6)), rel_tol=1e-6), k
     assert got[2].item() == pytest.approx(100.0) and got[3].item() == pytest.approx(100.0)  # k >= classes
     assert [a.item() for a in engine.accuracy(out[:0], target[:0], (1, 5))] == [0.0, 0.0]
+
+
+def test_classification_loop_accumulation_and_soft_targets():
+    # common.engine.train_one_epoch: 2 half batches with accum_steps=2 == the full batch; metrics over images.
+    from common.distributed import DistEnv
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).double()
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 3, 2, 2, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    soft = nn.functional.one_hot(y, 4).double()
+    runs = {}
+    for name, loader, accum in (("full", [(x, soft)], 1), ("halves", [(x[:3], soft[:3]), (x[3:], soft[3:])], 2)):
+        m = net()
+        stats = engine.train_one_epoch(m, loader, nn.CrossEntropyLoss(), torch.optim.SGD(m.parameters(), lr=0.5),
+                                       DistEnv(), AmpConfig(), accum_steps=accum, log=lambda *a: None,
+                                       print_freq=0, topk=(1, 2))
+        runs[name] = (m, stats)
+    (a, sa), (b, sb) = runs["full"], runs["halves"]
+    assert _close(a, b, 1e-10)
+    assert sa["count"] == sb["count"] == 6 and abs(sa["loss"] - sb["loss"]) < 1e-12
+    assert sa["top1"] == sb["top1"] and sa["top2"] == sb["top2"] and set(sa) == {"loss", "top1", "top2", "count"}
