@@ -26,6 +26,7 @@ from common.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from common.config import dump_run_config
 from common.data import ContiguousDistributedSampler
 from common.distributed import add_dist_args, barrier, get_rank, init_distributed, is_main_process
+from common.engine import prepare_model
 from common.logging import setup_logging
 
 __all__ = ["get_args_parser", "main", "build_param_groups", "resolve_device"]
@@ -255,10 +256,8 @@ def main(args):
         optimizer = torch.optim.AdamW(param_dicts, lr=args.lr, weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
 
-    if env.distributed:
-        ids = [env.local_rank] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        model_without_ddp = model.module
+    # the official DDP wrap (device_ids=[gpu], every parameter used: find_unused_parameters=False)
+    model, model_without_ddp = prepare_model(model, None, env, find_unused_parameters=False)
     base_ds = get_coco_api_from_dataset(ds_val)
 
     if args.frozen_weights is not None:
