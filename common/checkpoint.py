@@ -19,7 +19,6 @@ import re
 import shutil
 import tempfile
 import warnings
-import zipfile
 
 import numpy as np
 import torch
@@ -94,8 +93,8 @@ def _numpy_safe_globals():
     out += [np.ndarray, np.dtype]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:  # NumPy >= 1.25: the dtype classes (UInt32DType, Float64DType, ...)
-        out += [getattr(dtypes, n) for n in dir(dtypes)
-                if n.endswith("DType") and n not in ("ObjectDType", "StringDType") and isinstance(getattr(dtypes, n), type)]
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")
+                and n not in ("ObjectDType", "StringDType") and isinstance(getattr(dtypes, n), type)]
     return out
 
 
@@ -234,16 +233,8 @@ def load_checkpoint(path, map_location="cpu", trust=False, trust_flag=TRUST_FLAG
             f"refusing to load checkpoint {path}: it holds {type_name}, which is not on the list of types that "
             f"load safely (unpickling it could run code stored in the file). If you trust this file, "
             f"{_opt_in_text(trust_flag)} to allow a full unpickle.", path=path, type_name=type_name) from None
-    except (EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError, IndexError, KeyError) as err:
+    except Exception as err:  # EOF, not a zip, bad central directory, truncated record, malformed pickle
         raise _corrupt(path, err) from None
-    except RuntimeError as err:  # PytorchStreamReader: not a zip, bad central directory, truncated record
-        if isinstance(err, CheckpointError):
-            raise
-        raise _corrupt(path, err) from None
-    except AttributeError as err:
-        if trust:  # full unpickle of a class this environment lacks
-            raise _corrupt(path, err) from None
-        raise
     return obj if trust else _as_cfgnodes(obj)
 
 

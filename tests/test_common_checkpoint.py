@@ -14,6 +14,7 @@ import torch
 from common import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
+TINY = ["-a", "dia_resnet", "--depth", "11", "--block-name", "bottleneck", "--demo"]
 
 
 class Payload:
@@ -157,7 +158,8 @@ def test_training_checkpointer_round_trip_and_pointer(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1))  # the generators right after the save
     # the pointer names the newest file; the best copy is the first save
     assert (tmp_path / "run" / "last_checkpoint").read_text().strip() == "ckpt_epoch_2.pth"
-    assert saver.last() == ckpt.find_last_checkpoint(tmp_path / "run") == path == str(tmp_path / "run" / "ckpt_epoch_2.pth")
+    newest = str(tmp_path / "run" / "ckpt_epoch_2.pth")
+    assert saver.last() == ckpt.find_last_checkpoint(tmp_path / "run") == path == newest
     assert torch.load(tmp_path / "run" / "best.pth", weights_only=True)["epoch"] == 1
 
     # plain torch.load(weights_only=True), no allow-list, reads it; args became a dict
@@ -231,7 +233,7 @@ def _run_cifar(args, tmp_path, env_extra=None):
 
 def test_dianet_resume_refuses_crafted_file(tmp_path):
     path, marker = _evil(tmp_path)
-    r = _run_cifar(["-a", "dia_resnet", "--depth", "11", "--block-name", "bottleneck", "--demo", "--resume", str(path), "-c", "out"], tmp_path)
+    r = _run_cifar(TINY + ["--resume", str(path), "-c", "out"], tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and str(path) in r.stderr and "io.open" in r.stderr
     assert "--trust-checkpoint" in r.stderr and "LAYERZOO_TRUST_CHECKPOINT=1" in r.stderr
@@ -242,7 +244,7 @@ def test_dianet_resume_truncated_file(tmp_path):
     path = tmp_path / "checkpoint.pth.tar"
     ckpt.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.zeros(100)}}, path)
     path.write_bytes(path.read_bytes()[:200])
-    r = _run_cifar(["-a", "dia_resnet", "--depth", "11", "--block-name", "bottleneck", "--demo", "--resume", str(path), "-c", "out"], tmp_path)
+    r = _run_cifar(TINY + ["--resume", str(path), "-c", "out"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"corrupt or truncated checkpoint {path}" in r.stderr
 
@@ -254,7 +256,7 @@ def test_dianet_trust_flag_and_variable_take_the_full_unpickle(tmp_path):
     code = ("import sys, torch; sys.path.insert(0, '.'); import mymod; "
             "torch.save({'epoch': 1, 'state_dict': {'w': torch.zeros(1)}, 'thing': mymod.Thing()}, 'custom.pth')")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=60)
-    base = ["-a", "dia_resnet", "--depth", "11", "--block-name", "bottleneck", "--demo", "--resume", "custom.pth", "-c", "out", "--workers", "0"]
+    base = TINY + ["--resume", "custom.pth", "-c", "out", "--workers", "0"]
     env = {"PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
     r = _run_cifar(base, tmp_path, env)
     assert r.returncode == 2 and "mymod.Thing" in r.stderr and "refusing" in r.stderr

@@ -60,7 +60,7 @@ def test_two_rank_sync_bn_step_equals_single_process_step(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    state, stats = torch.load(out_file, weights_only=False)
+    state, stats = torch.load(out_file, weights_only=True)
     for k, v in ref.state_dict().items():
         assert torch.allclose(state[k].to(v.dtype), v, rtol=1e-9, atol=1e-12), k
     assert abs(stats["loss"] - ref_stats["loss"]) < 1e-12 and stats["count"] == 7
