@@ -221,6 +221,7 @@ def test_main_checkpoints_log_and_resume(demo_root, tmp_path, monkeypatch, capsy
     assert set(ck) == {"model", "optimizer", "lr_scheduler", "epoch", "args"}
     assert ck["epoch"] == 0 and ck["args"]["epochs"] == 1  # args: a plain dict (weights_only=True loads it)
     assert (out / "checkpoint0000.pth").exists() and (out / "eval" / "latest.pth").exists()
+    assert (out / "last_checkpoint").read_text().strip() == "checkpoint.pth"
     assert (out / "eval" / "000.pth").exists()  # epoch % 50 == 0
     assert ck["lr_scheduler"]["last_epoch"] == 1 and ck["lr_scheduler"]["step_size"] == 1
     assert [len(g["params"]) for g in ck["optimizer"]["param_groups"]] == [2, 2, 2]
