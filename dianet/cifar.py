@@ -52,6 +52,7 @@ def get_parser():
     p.add_argument("-c", "--checkpoint", default="checkpoint", type=str, metavar="PATH",
                    help="folder for checkpoints and logs")
     p.add_argument("--resume", default="", type=str, metavar="PATH", help="path to a checkpoint to resume from")
+    ckpt.add_trust_arg(p)
     p.add_argument("--arch", "-a", metavar="ARCH", default="resnet20",
                    help="model architecture: " + " | ".join(MODEL_NAMES))
     p.add_argument("--depth", type=int, default=29, help="model depth")
@@ -85,6 +86,15 @@ def build_model(args, num_classes):
     else:
         kw = dict(num_classes=num_classes, depth=args.depth, block_name=args.block_name)
     return dianet.create_model(args.arch, **kw)
+
+
+def checkpointer(folder):
+    """The official layout: ``checkpoint.pth.tar`` every epoch (copied to ``model_best.pth.tar``), keys
+    ``epoch``, ``state_dict`` (``module.``-prefixed), ``best_acc``, ``optimizer`` (+ ``acc``, ``scaler``,
+    ``rng_state``, ``seed``, ``arch``, ``args``)."""
+    return ckpt.TrainingCheckpointer(folder, filename="checkpoint.pth.tar", best_filename="model_best.pth.tar",
+                                     keys={"model": "state_dict", "best_metric": "best_acc", "rng": "rng_state"},
+                                     model_prefix="module.")
 
 
 # constructor keyword -> cifar.py flag (the inverse of build_model)
@@ -138,7 +148,7 @@ def main(argv=None):
     env = D.init_distributed(args.local_rank, device=args.device)
     log = setup_logging(rank=env.rank)
 
-    resume_state = ckpt.load_checkpoint(args.resume) if args.resume else None
+    resume_state = ckpt.load_checkpoint(args.resume, trust=args.trust_checkpoint) if args.resume else None
     if args.manualSeed is None:
         saved = (resume_state or {}).get("seed")
         args.manualSeed = saved if saved is not None else random.randint(1, 10000)
@@ -174,15 +184,12 @@ def main(argv=None):
         dump_run_config(args.checkpoint, args)
     title = "cifar-10-" + args.arch
     best_acc, start_epoch = 0.0, args.start_epoch
+    saver = checkpointer(args.checkpoint)
     if resume_state is not None:
         log("==> Resuming from checkpoint..")
         best_acc = float(resume_state.get("best_acc", 0.0))
         start_epoch = int(resume_state["epoch"])
-        if "optimizer" in resume_state:
-            optimizer.load_state_dict(resume_state["optimizer"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        ckpt.set_rng_state(resume_state.get("rng_state"))
+        saver.restore(resume_state, optimizer=optimizer, scaler=scaler)
     resumed = resume_state is not None
     if args.evaluate:  # evaluation only: the training logs and checkpoints are left as they are
         log("\nEvaluation only")
@@ -218,21 +225,9 @@ def main(argv=None):
         is_best = te["top1"] > best_acc
         best_acc = max(te["top1"], best_acc)
         if env.is_main:
-            state = {
-                "epoch": epoch + 1,
-                "state_dict": {"module." + k: v for k, v in bare.state_dict().items()},
-                "acc": te["top1"],
-                "best_acc": best_acc,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng_state": ckpt.get_rng_state(),
-                "seed": args.manualSeed,
-                "arch": args.arch,
-                "args": vars(args),
-            }
-            ckpt.save_official(state, is_best, args.checkpoint)
-            if epoch == 50:
-                ckpt.save_checkpoint(state, os.path.join(args.checkpoint, "checkpoint_50.pth.tar"))
+            saver.save(model=bare, optimizer=optimizer, scaler=scaler, epoch=epoch + 1, best_metric=best_acc,
+                       is_best=is_best, copies=["checkpoint_50.pth.tar"] if epoch == 50 else (),
+                       extra={"acc": te["top1"], "seed": args.manualSeed, "arch": args.arch, "args": vars(args)})
             logger.append([lr, tr["loss"], te["loss"], tr["top1"], te["top1"]])
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
                       "train_top5": tr["top5"], "test_loss": te["loss"], "test_top1": te["top1"],
@@ -250,7 +245,7 @@ def main(argv=None):
 def cli(argv=None):
     try:
         main(argv)
-    except (cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointMismatchError, UnknownModelError,
+    except (cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointError, UnknownModelError,
             FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -97,7 +97,7 @@ def test_read_state_dict_unwraps_and_strips_module(tmp_path):
     ckpt.save_checkpoint({"module.fc.weight": a, "fc.bias": b}, tmp_path / "plain.pth")
     sd = ckpt.read_state_dict(tmp_path / "plain.pth")
     assert sorted(sd) == ["fc.bias", "fc.weight"] and torch.equal(sd["fc.weight"], a)
-    # training checkpoints: "model" / "state_dict" sub-dicts; a non-tensor object needs the full unpickle
+    # training checkpoints: "model" / "state_dict" sub-dicts; argparse.Namespace is on the safe allow-list
     ckpt.save_checkpoint({"model": {"module.w": a}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "ckpt.pth")
     assert list(ckpt.read_state_dict(tmp_path / "ckpt.pth")) == ["w"]
     ckpt.save_checkpoint({"state_dict": {"w": b}, "model": {"x": a}}, tmp_path / "sd.pth")

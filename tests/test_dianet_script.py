@@ -66,7 +66,8 @@ def test_resume_after_kill_reproduces_uninterrupted_run(demo_root, tmp_path):
     proc.wait()
     assert seen_epoch2 and len(_rows(cut)) == 1
     ckpt_file = cut / "checkpoint.pth.tar"
-    assert torch.load(ckpt_file, weights_only=False)["epoch"] == 1
+    assert torch.load(ckpt_file, weights_only=True)["epoch"] == 1
+    assert (cut / "last_checkpoint").read_text().strip() == "checkpoint.pth.tar"
     run_script(_args(demo_root, cut, "--epochs", "2", "--schedule", "1", "--resume", str(ckpt_file)), check=True)
     assert _rows(cut) == rows  # identical losses and accuracies, no duplicated rows
 
