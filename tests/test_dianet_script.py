@@ -154,11 +154,8 @@ def test_lr_rule_is_the_official_one():
     """Officially lr starts at --lr at --start-epoch and is multiplied by gamma at the start of each epoch that
     is *in* --schedule; after --resume ours follows the schedule from epoch 0 (a deliberate fix)."""
     import argparse
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("dianet_cifar", os.path.join(ROOT, SCRIPT))
-    cifar = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cifar)
+    from common.train import cifar
 
     def official(lr, gamma, schedule, start, epochs):  # the official loop, state['lr'] mutated in place
         state, out = lr, []
