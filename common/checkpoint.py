@@ -36,7 +36,7 @@ __all__ = [
     "trusted_by_env",
     "add_trust_arg",
     "save_checkpoint",
-    "save_official",
+    "atomic_write",
     "load_checkpoint",
     "read_state_dict",
     "strip_module_prefix",
@@ -241,7 +241,9 @@ def load_checkpoint(path, map_location="cpu", trust=False, trust_flag=TRUST_FLAG
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path, write):
+def atomic_write(path, write):
+    """Write ``path`` through ``write(binary_file)`` into a temporary file in the same folder, fsync, then
+    rename: a reader never sees a half-written file, and a failed write leaves the old file as it was."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -261,7 +263,7 @@ def _atomic_write_bytes(path, write):
 
 def save_checkpoint(obj, path):
     """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
-    return _atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_copy(src, dst):
@@ -269,16 +271,7 @@ def _atomic_copy(src, dst):
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f)
 
-    return _atomic_write_bytes(dst, write)
-
-
-def save_official(state, is_best, checkpoint_dir, filename="checkpoint.pth.tar", best_name="model_best.pth.tar"):
-    """pytorch-classification layout: ``<dir>/checkpoint.pth.tar`` every epoch, copied to
-    ``model_best.pth.tar`` when the accuracy improved."""
-    path = save_checkpoint(state, os.path.join(checkpoint_dir, filename))
-    if is_best:
-        _atomic_copy(path, os.path.join(checkpoint_dir, best_name))
-    return path
+    return atomic_write(dst, write)
 
 
 def strip_module_prefix(state_dict, prefix="module."):
@@ -411,7 +404,7 @@ def set_rng_state(state):
 def write_last_pointer(folder, filename):
     """Atomically write ``<folder>/last_checkpoint`` holding ``filename`` (relative to ``folder``)."""
     name = os.path.relpath(os.path.join(folder, filename), folder) if os.path.isabs(filename) else filename
-    return _atomic_write_bytes(os.path.join(folder, LAST_POINTER), lambda f: f.write((name + "\n").encode()))
+    return atomic_write(os.path.join(folder, LAST_POINTER), lambda f: f.write((name + "\n").encode()))
 
 
 def find_last_checkpoint(folder):

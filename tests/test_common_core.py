@@ -61,13 +61,6 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert sorted(os.listdir(path.parent)) == ["checkpoint.pth.tar"]  # no temp file left behind
 
 
-def test_save_official_best_copy(tmp_path):
-    ckpt.save_official({"epoch": 1, "acc": 10.0}, True, tmp_path)
-    ckpt.save_official({"epoch": 2, "acc": 5.0}, False, tmp_path)
-    assert ckpt.load_checkpoint(tmp_path / "checkpoint.pth.tar")["epoch"] == 2
-    assert ckpt.load_checkpoint(tmp_path / "model_best.pth.tar")["epoch"] == 1
-
-
 def test_missing_checkpoint_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         ckpt.load_checkpoint(tmp_path / "nothere.pth")
