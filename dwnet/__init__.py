@@ -9,11 +9,10 @@ from .models import (
     REGISTRY,
     DWNet,
     create_model,
-    dwnet,
     get_variant,
     list_models,
     variants,
 )
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "REGISTRY", "DWNet", "create_model", "dwnet", "get_variant",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "REGISTRY", "DWNet", "create_model", "get_variant",
            "list_models", "variants"]

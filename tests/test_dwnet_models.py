@@ -83,7 +83,7 @@ def test_fingerprint_base(name):
 def test_variants_are_the_official_configs():
     """Each named variant is the official DWNet(...) call (defaults filled in, tuples as lists)."""
     assert [v.name for v in dwnet.variants()] == list(OFFICIAL)
-    sig = inspect.signature(dwnet.dwnet)
+    sig = inspect.signature(dwnet.models.dwnet.dwnet)
 
     def full(kw):
         bound = sig.bind(**kw)

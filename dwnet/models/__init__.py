@@ -11,7 +11,6 @@ from .dwnet import (
     IDynamicDWConv,
     SpatialBlock,
     create_model,
-    dwnet,
     get_variant,
     list_models,
     variants,
@@ -19,5 +18,5 @@ from .dwnet import (
 from .ops import dynamic_dwconv, idynamic_dwconv
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "REGISTRY", "BasicLayer", "DWBlock", "DWNet", "DynamicDWConv",
-           "IDynamicDWConv", "SpatialBlock", "create_model", "dwnet", "get_variant", "list_models", "variants",
+           "IDynamicDWConv", "SpatialBlock", "create_model", "get_variant", "list_models", "variants",
            "dynamic_dwconv", "idynamic_dwconv"]
