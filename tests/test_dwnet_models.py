@@ -290,3 +290,48 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="built for 224x224"):
         ape(torch.zeros(1, 3, 64, 64))
     assert math.isfinite(ape(torch.randn(1, 3, 224, 224)).sum().item())
+
+
+# ------------------------------------------------------------------------------------------
+# The official configs and build_model
+# ------------------------------------------------------------------------------------------
+def test_configs_build_the_fingerprinted_models():
+    """Each shipped yaml, through the official defaults and build_model, is the DWNet(...) call of the
+    fingerprint made from that yaml; create_model builds it by the file name."""
+    from dwnet.config import config_names, load_config
+    from dwnet.models import model_kwargs
+
+    seen = []
+    for name in OFFICIAL:
+        ctor = _fp(name)["ctor"]
+        yaml_name = ctor[ctor.index("configs/") + len("configs/"):ctor.index(".yaml")]
+        assert model_kwargs(load_config(yaml_name)) == OFFICIAL[name], yaml_name
+        seen.append(yaml_name)
+    assert sorted(seen) == config_names()
+    torch.manual_seed(0)
+    a = dwnet.create_model("i_dynamic_dwnet_tiny_patch4_window7_224", depths=[1, 1, 1, 1])
+    torch.manual_seed(0)
+    b = dwnet.create_model("i_dynamic_dwnet_tiny", depths=[1, 1, 1, 1])
+    assert manifest(a) == manifest(b)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_config_errors_are_named(tmp_path):
+    from common.config import ConfigError
+    from common.registry import UnknownModelError
+    from dwnet.config import load_config
+    from dwnet.models import build_model
+
+    with pytest.raises(ConfigError, match="unknown DWNet config 'nope'; shipped configs: dwnet_base"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="unknown config key 'MODEL.DWNET.DEPTH'"):
+        load_config("dwnet_tiny_patch4_window7_224", opts=["MODEL.DWNET.DEPTH", "[1, 1, 1, 1]"])
+    with pytest.raises(ConfigError, match="MODEL.TYPE 'swin' is not a DWNet model type"):
+        build_model(load_config())
+    with pytest.raises(UnknownModelError, match="configs: dwnet_base_patch4_window7_224"):
+        dwnet.create_model("swin_tiny")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"BASE: ['{dwnet.config.CONFIG_DIR}/dynamic_dwnet_tiny_patch4_window7_224.yaml']\n"
+                     "MODEL:\n  DROP_PATH_RATE: 0.1\n")
+    cfg = load_config(str(child))
+    assert cfg.MODEL.TYPE == "ddwnet" and cfg.MODEL.DWNET.DYNAMIC and cfg.MODEL.DROP_PATH_RATE == 0.1
