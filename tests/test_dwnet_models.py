@@ -100,6 +100,14 @@ def test_official_flops(name):
     assert round(model.flops() / 1e9, 3) == OFFICIAL_GFLOPS[name]
 
 
+@pytest.mark.parametrize("name,gmacs", [("dwnet_tiny", 3.743), ("dynamic_dwnet_tiny", 3.771)])
+def test_fvcore_macs(name, gmacs):
+    """common.flops (fvcore) at 224 gives the fact sheet's count of the official model."""
+    from common.flops import count_flops
+
+    assert round(count_flops(dwnet.create_model(name), torch.randn(1, 3, 224, 224)) / 1e9, 3) == gmacs
+
+
 # ------------------------------------------------------------------------------------------
 # The dynamic depth-wise convolutions against float64 loops
 # ------------------------------------------------------------------------------------------
@@ -335,3 +343,36 @@ def test_config_errors_are_named(tmp_path):
                      "MODEL:\n  DROP_PATH_RATE: 0.1\n")
     cfg = load_config(str(child))
     assert cfg.MODEL.TYPE == "ddwnet" and cfg.MODEL.DWNET.DYNAMIC and cfg.MODEL.DROP_PATH_RATE == 0.1
+
+
+# ------------------------------------------------------------------------------------------
+# An odd input size against the official detection backbone (same blocks, same padding rule)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,variant", [("det_backbone_dwnet_tiny", "dwnet_tiny"),
+                                          ("det_backbone_dynamic_dwnet_tiny", "dynamic_dwnet_tiny")])
+def test_odd_input_size_matches_the_official_backbone(name, variant):
+    """At 100x136 (patch padding, block padding to multiples of 7, odd PatchMerging) the stage maps of the
+    classification trunk are the official mmdet backbone's before its per-stage ``norm{i}`` BatchNorm (eval:
+    applied here with the same deterministic values). The stored outputs keep every ``channel_step``-th
+    channel."""
+    fp = _fp(name)
+    model = dwnet.create_model(variant).eval()
+    det_init_(model)
+    model.double()
+    backbone = [k for k, _, _ in fp["manifest"] if not k.startswith(("norm0.", "norm1.", "norm2.", "norm3."))]
+    assert backbone == [k for k in model.state_dict() if not k.startswith(("norm.", "head."))]
+    x = det_input(fp["input_shape"], fp["seed"])
+    from common.fingerprint import det_value
+
+    with torch.no_grad():
+        maps = dwnet.create_model(variant, features_only=True)
+        maps.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
+        maps = maps.double().eval()
+        y = maps(x)
+        y[-1] = model.layers[-1](model.layers[:-1](model.pos_drop(model.patch_embed(x))))  # before the final norm
+    for key, step in fp["channel_step"].items():
+        i = int(key[-1])
+        bn = {s: det_value(f"norm{i}.{s}", (y[i].shape[1],), torch.float32).double()
+              for s in ("weight", "bias", "running_mean", "running_var")}
+        out = F.batch_norm(y[i], bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"], False, 0.0, 1e-5)
+        assert rel_err(out[:, ::step], fp["output"][key]) <= 1e-10, key
