@@ -243,6 +243,18 @@ def test_block_pads_to_the_window_like_the_official_backbone():
         assert not torch.allclose(blk.attn2conv(x), z)
 
 
+def test_patch_merging_on_maps_is_the_token_form():
+    from common.layers.swin import PatchMerging
+
+    torch.manual_seed(0)
+    m = PatchMerging(5).double()
+    for h, w in ((6, 8), (7, 9)):
+        x = torch.randn(2, 5, h, w, dtype=f64)
+        tokens = m(x.flatten(2).transpose(1, 2), h, w)
+        ref = tokens.transpose(1, 2).reshape(2, 10, (h + 1) // 2, (w + 1) // 2)
+        torch.testing.assert_close(m(x), ref, rtol=0, atol=1e-15)
+
+
 def test_features_only_stage_maps():
     model = _small()
     x = torch.randn(2, 3, 64, 96)
