@@ -1,0 +1,26 @@
+"""DLA models: CIFAR (:mod:`dla.models.cifar`) and ImageNet (:mod:`dla.models.imagenet`), registered under
+their official names in :data:`REGISTRY`."""
+from . import cifar, imagenet
+from ._registry import CIFAR_MEAN, CIFAR_STD, REGISTRY
+from .cifar import CIFAR_VARIANTS, CifarLayerAttentionNet, CifarResNet
+from .imagenet import ResNet, ResNetDLAL
+
+__all__ = ["REGISTRY", "CIFAR_MEAN", "CIFAR_STD", "CIFAR_VARIANTS", "CifarResNet", "CifarLayerAttentionNet",
+           "ResNet", "ResNetDLAL", "create_model", "list_models", "default_cfg"]
+
+
+def create_model(name, **kwargs):
+    """Build the model registered as ``name`` (an official constructor name) with its official keyword
+    arguments, e.g. ``create_model('dla_l', num_classes=100, depth=110, block_name='bottleneck',
+    drop_path=0.2)`` or ``create_model('resnet50_dla_l', drop_path=0.2)``."""
+    return REGISTRY.create(name, **kwargs)
+
+
+def list_models(pattern="*"):
+    """The registered names (sorted), optionally filtered by a shell pattern (``'*dla*'``)."""
+    return REGISTRY.list_models(pattern)
+
+
+def default_cfg(name):
+    """The default (timm-style) pretrained_cfg of ``name``."""
+    return REGISTRY.default_cfg(name)
