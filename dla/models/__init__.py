@@ -1,6 +1,6 @@
 """DLA models: CIFAR (:mod:`dla.models.cifar`) and ImageNet (:mod:`dla.models.imagenet`), registered under
 their official names in :data:`REGISTRY`."""
-from . import cifar, imagenet
+from . import cifar, imagenet  # noqa: F401  (registers the constructors)
 from ._registry import CIFAR_MEAN, CIFAR_STD, REGISTRY
 from .cifar import CIFAR_VARIANTS, CifarLayerAttentionNet, CifarResNet
 from .imagenet import ResNet, ResNetDLAL

@@ -164,28 +164,94 @@ def resnet101_dla_l(**kwargs):
     return ResNetDLAL(_R101, **kwargs)
 
 
-def _register(name, layers, extra=None, eca=False, doc=""):
-    extra = dict(extra or {})
-    if eca:
-        def ctor(k_size=list(_ECA_K), **kwargs):
-            return ResNet(layers, ECA=list(k_size), **extra, **kwargs)
-    else:
-        def ctor(**kwargs):
-            return ResNet(layers, **extra, **kwargs)
-    ctor.__name__ = ctor.__qualname__ = name
-    ctor.__doc__ = doc
-    globals()[name] = REGISTRY.register(name, default_cfg=_CFG)(ctor)
+@REGISTRY.register(default_cfg=_CFG)
+def resnet50(**kwargs):
+    """ResNet-50 (``drop_path`` accepted, unused)."""
+    return ResNet(_R50, **kwargs)
 
 
-for _depth, _layers in (("50", _R50), ("101", _R101), ("152", _R152)):
-    _register(f"resnet{_depth}", _layers, doc=f"ResNet-{_depth} (``drop_path`` accepted, unused).")
-    _register(f"resnet{_depth}_se", _layers, dict(SE=True), doc=f"SE-ResNet-{_depth} (SE r = 16 after bn3).")
-    _register(f"resnet{_depth}_eca", _layers, eca=True,
-              doc=f"ECA-ResNet-{_depth}; ``k_size``: ECA kernel of each stage (default [5, 5, 5, 7]).")
-for _depth, _layers in (("50", _R50), ("101", _R101)):
-    _register(f"resnext{_depth}_32x4d", _layers, _NEXT, doc=f"ResNeXt-{_depth} 32x4d.")
-    _register(f"resnext{_depth}_32x4d_se", _layers, dict(SE=True, **_NEXT), doc=f"SE-ResNeXt-{_depth} 32x4d.")
-    _register(f"resnext{_depth}_32x4d_eca", _layers, _NEXT, eca=True, doc=f"ECA-ResNeXt-{_depth} 32x4d.")
+@REGISTRY.register(default_cfg=_CFG)
+def resnet50_se(**kwargs):
+    """SE-ResNet-50 (SE r = 16 after bn3)."""
+    return ResNet(_R50, SE=True, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnet50_eca(k_size=_ECA_K, **kwargs):
+    """ECA-ResNet-50; ``k_size``: the ECA kernel of each stage."""
+    return ResNet(_R50, ECA=list(k_size), **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnet101(**kwargs):
+    """ResNet-101 (``drop_path`` accepted, unused)."""
+    return ResNet(_R101, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnet101_se(**kwargs):
+    """SE-ResNet-101 (SE r = 16 after bn3)."""
+    return ResNet(_R101, SE=True, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnet101_eca(k_size=_ECA_K, **kwargs):
+    """ECA-ResNet-101; ``k_size``: the ECA kernel of each stage."""
+    return ResNet(_R101, ECA=list(k_size), **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnet152(**kwargs):
+    """ResNet-152 (``drop_path`` accepted, unused)."""
+    return ResNet(_R152, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnet152_se(**kwargs):
+    """SE-ResNet-152 (SE r = 16 after bn3)."""
+    return ResNet(_R152, SE=True, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnet152_eca(k_size=_ECA_K, **kwargs):
+    """ECA-ResNet-152; ``k_size``: the ECA kernel of each stage."""
+    return ResNet(_R152, ECA=list(k_size), **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnext50_32x4d(**kwargs):
+    """ResNeXt-50 32x4d."""
+    return ResNet(_R50, **_NEXT, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnext50_32x4d_se(**kwargs):
+    """SE-ResNeXt-50 32x4d."""
+    return ResNet(_R50, SE=True, **_NEXT, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnext50_32x4d_eca(k_size=_ECA_K, **kwargs):
+    """ECA-ResNeXt-50 32x4d; ``k_size`` per stage."""
+    return ResNet(_R50, ECA=list(k_size), **_NEXT, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnext101_32x4d(**kwargs):
+    """ResNeXt-101 32x4d."""
+    return ResNet(_R101, **_NEXT, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnext101_32x4d_se(**kwargs):
+    """SE-ResNeXt-101 32x4d."""
+    return ResNet(_R101, SE=True, **_NEXT, **kwargs)
+
+
+@REGISTRY.register(default_cfg=_CFG)
+def resnext101_32x4d_eca(k_size=_ECA_K, **kwargs):
+    """ECA-ResNeXt-101 32x4d; ``k_size`` per stage."""
+    return ResNet(_R101, ECA=list(k_size), **_NEXT, **kwargs)
 
 
 @REGISTRY.register(default_cfg=_CFG)
