@@ -31,18 +31,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# paper:name -> (module, constructor name, constructor kwargs)
-ALIASES = {
-    "dianet:dia_resnet164": ("dianet", "dia_resnet",
-                             dict(depth=164, block_name="bottleneck", num_classes=100)),
-    "dianet:dia_preresnet164": ("dianet", "dia_preresnet",
-                                dict(depth=164, block_name="bottleneck", num_classes=100)),
-    "dianet:dia_wrn52_4": ("dianet", "dia_wrn",
-                           dict(depth=52, widen_factor=4, dropRate=0.3, num_classes=100)),
-    "dianet:dia_resnext101_8x32": ("dianet", "dia_resnext",
-                                   dict(cardinality=8, depth=101, widen_factor=4, dropRate=0,
-                                        num_classes=100)),
-}
+# paper:name -> (module, constructor name, constructor kwargs): every paper's headline variants, read from
+# its registry's table (``<paper>.variants(paper=True)``).
+PAPERS = ("dianet",)
+
+
+def _aliases(papers=PAPERS):
+    out = {}
+    for paper in papers:
+        for v in importlib.import_module(paper).variants(paper=True):
+            out[f"{paper}:{v.name}"] = (paper, v.model, v.build_kwargs())
+    return out
+
+
+ALIASES = _aliases()
 
 # Official implementations on one H100 (torch 2.11, CUDA 13), same harness as this script.
 # key -> (batch, img_size, train fp32 img/s, train bf16 img/s, eval bf16 img/s, peak mem fp32 GB)

@@ -4,12 +4,18 @@
 - ImageNet as ImageFolder (``train/``, ``val/``).
 - A demo set that is real data and needs no network: scikit-learn's 1,797 handwritten digits, upscaled to
   32x32 RGB with a fixed stratified split, written once in the CIFAR-10 pickle format so the CIFAR code path
-  reads it.
+  reads it, and once more as an ImageFolder of PNGs so the ImageNet code path reads it.
+- ``SHA256SUMS`` manifests (``sha256sum`` format) written when a demo set is built and verified when it is read.
+- Dataset files never run code: the CIFAR pickles are read with a restricted unpickler.
 """
+import contextlib
 import hashlib
 import math
 import os
 import pickle
+import random
+import shutil
+import sys
 
 import numpy as np
 import torch
@@ -18,6 +24,11 @@ from torchvision import datasets, transforms
 
 __all__ = [
     "DatasetNotFoundError",
+    "DataFileError",
+    "CIFARPickle",
+    "read_cifar_pickle",
+    "read_checksums",
+    "verify_cifar_folder",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_MEAN",
@@ -25,11 +36,15 @@ __all__ = [
     "cifar_transforms",
     "imagenet_transforms",
     "build_demo_cifar",
+    "build_demo_imagefolder",
+    "write_checksums",
+    "verify_checksums",
     "load_cifar",
     "load_imagefolder",
     "SeededAugment",
     "GlobalBatchSampler",
     "ShardSampler",
+    "ContiguousDistributedSampler",
 ]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -40,6 +55,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEMO_DIRNAME = "digits-demo"
 DEMO_TEST_SIZE = 360
 DEMO_SEED = 0
+DEMO_IMAGEFOLDER_DIRNAME = "digits-demo-imagefolder"
+CHECKSUMS_NAME = "SHA256SUMS"
 
 _CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", "data_batch_1 ... data_batch_5, test_batch, batches.meta"),
@@ -66,31 +83,235 @@ def imagenet_transforms(train, size=224, resize=256, mean=IMAGENET_MEAN, std=IMA
     return transforms.Compose(ops + [transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
-class _CIFAR10NoMD5(datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader without the md5 check of the official archive (reads any folder in the
-    standard pickle layout, e.g. the demo set). Only the batch files that exist are read."""
-
-    def __init__(self, root, train=True, transform=None):
-        folder = os.path.join(root, self.base_folder)
-        self.train_list = [[n, None] for n in sorted(os.listdir(folder)) if n.startswith("data_batch")]
-        self.test_list = [["test_batch", None]]
-        self.meta = dict(self.meta, md5=None)
-        super().__init__(root, train=train, transform=transform, download=False)
-
-    def _check_integrity(self):
-        return True
+class DataFileError(ValueError):
+    """A dataset file is corrupt, was changed after it was written, or holds something its format does not;
+    the message names the file."""
 
 
-class _CIFAR100NoMD5(datasets.CIFAR100):
-    train_list = [["train", None]]
-    test_list = [["test", None]]
-    meta = dict(datasets.CIFAR100.meta, md5=None)
+# ---------------------------------------------------------------- safe CIFAR pickles
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something the CIFAR format does not hold."""
 
-    def __init__(self, root, train=True, transform=None):
-        super().__init__(root, train=train, transform=transform, download=False)
 
-    def _check_integrity(self):
-        return True
+def _checked_reconstruct(subtype, *args):
+    if subtype is not np.ndarray:
+        raise _Refused(f"array subtype {subtype!r}")
+    return np.ndarray.__new__(subtype, *args)
+
+
+def _checked_dtype(spec, *args):
+    dtype = np.dtype(spec, *args)
+    if dtype.hasobject:
+        raise _Refused(f"object dtype {spec!r}")
+    return dtype
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, 'latin1')
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _checked_dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads what the CIFAR python format holds (dicts, lists, str/bytes, numbers, NumPy arrays of plain
+    dtypes) and refuses every other global, so a crafted batch file cannot run code."""
+
+    def find_class(self, module, name):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"refused type {module}.{name}") from None
+
+
+def read_cifar_pickle(path):
+    """One CIFAR python batch (``data_batch_1``, ``train``, ``batches.meta`` ...) read with the restricted
+    unpickler (``latin1`` for the official Python 2 pickles). Never a full ``pickle.load``."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except _Refused as err:
+        raise DataFileError(f"{path}: not a plain CIFAR batch file ({err}); refusing to read it") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, MemoryError) as err:
+        raise DataFileError(f"{path}: corrupt or truncated CIFAR batch file ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict):
+        raise DataFileError(f"{path}: expected a dict, found a {type(obj).__name__}")
+    return obj
+
+
+# ---------------------------------------------------------------- checksum manifests
+def _digest(path, algo="sha256"):
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder, files, manifest=CHECKSUMS_NAME):
+    """Write ``<folder>/<manifest>`` in ``sha256sum`` format (``<hex>  <relative/path>``, sorted, ``/``
+    separators) for ``files`` (paths relative to ``folder``); ``sha256sum -c`` in ``folder`` checks it too.
+    Returns the manifest path."""
+    rels = sorted(str(f).replace(os.sep, "/") for f in files)
+    lines = [f"{_digest(os.path.join(folder, *rel.split('/')))}  {rel}\n" for rel in rels]
+    path = os.path.join(folder, manifest)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(lines)
+    return path
+
+
+def _read_manifest(path):
+    entries = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            digest, sep, rel = line.partition(" ")
+            rel = rel[1:] if rel[:1] in (" ", "*") else rel
+            parts = rel.split("/")
+            if (not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower())
+                    or not rel or rel.startswith("/") or ".." in parts):
+                raise DataFileError(f"{path}, line {lineno}: not a 'sha256  relative/path' line: {line!r}")
+            entries[rel] = digest.lower()
+    return entries
+
+
+def read_checksums(folder, manifest=CHECKSUMS_NAME):
+    """``{relative/path: sha256}`` from ``<folder>/<manifest>``, or None when the folder has no manifest."""
+    path = os.path.join(folder, manifest)
+    return _read_manifest(path) if os.path.isfile(path) else None
+
+
+def verify_checksums(folder, manifest=CHECKSUMS_NAME, exhaustive=False, hint=""):
+    """Check the files under ``folder`` against ``manifest``: a path (relative to ``folder`` or absolute) of a
+    ``sha256sum``-format file, or a mapping ``{relative/path: sha256 hex}``.
+
+    Raises :class:`DataFileError` naming every changed or missing file (and, with ``exhaustive=True``,
+    every file present under ``folder`` that the manifest does not list, the manifest itself excepted);
+    ``hint`` is appended to the message (e.g. how to rebuild). Returns the number of files checked.
+    """
+    if isinstance(manifest, (str, os.PathLike)):
+        manifest_path = os.path.join(folder, manifest)
+        if not os.path.isfile(manifest_path):
+            raise DataFileError(f"checksum manifest {manifest_path!r} not found. {hint}".rstrip())
+        entries, source = _read_manifest(manifest_path), manifest_path
+    else:
+        entries, manifest_path, source = dict(manifest), None, "the checksum manifest"
+    problems = []
+    for rel, digest in sorted(entries.items()):
+        path = os.path.join(folder, *rel.split("/"))
+        if not os.path.isfile(path):
+            problems.append(f"missing: {path}")
+        elif _digest(path) != digest.lower():
+            problems.append(f"changed: {path}")
+    if exhaustive:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, folder).replace(os.sep, "/")
+                if rel not in entries and (manifest_path is None or not os.path.samefile(path, manifest_path)):
+                    problems.append(f"not in the manifest: {path}")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise DataFileError(
+            f"{len(problems)} file(s) under {folder!r} do not match {source}:\n  " + "\n  ".join(shown)
+            + (f"\n{hint}" if hint else ""))
+    return len(entries)
+
+
+# ---------------------------------------------------------------- integrity of the CIFAR files
+def _official_md5s(dataset):
+    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+    table = dict(cls.train_list + cls.test_list)
+    table[cls.meta["filename"]] = cls.meta["md5"]
+    return table
+
+
+def verify_cifar_folder(folder, dataset, names):
+    """Integrity of the CIFAR files about to be read. A folder with a ``SHA256SUMS`` (the demo set
+    writes one; ``write_checksums`` makes one for a custom set in the CIFAR layout) is checked against it;
+    otherwise files with the official names are checked against the official archives' md5 sums."""
+    recorded = read_checksums(folder)
+    if recorded is not None:
+        missing = [n for n in names if n not in recorded]
+        if missing:
+            raise DataFileError(f"{folder}: {', '.join(missing)} not listed in {CHECKSUMS_NAME}; record the set's "
+                                f"checksums again with `python -m common.data checksums {folder}`")
+        return verify_checksums(folder, {n: recorded[n] for n in names})
+    official = _official_md5s(dataset)
+    bad = [f"{os.path.join(folder, n)} (md5 {_digest(os.path.join(folder, n), 'md5')}, official {official[n]})"
+           for n in names if n in official and _digest(os.path.join(folder, n), "md5") != official[n]]
+    if bad:
+        raise DataFileError(
+            "CIFAR files do not match the official archive (corrupt, truncated or modified download):\n  "
+            + "\n  ".join(bad) + f"\nDownload them again; for a deliberately custom set in this layout, record "
+            f"its checksums with `python -m common.data checksums {folder}`.")
+
+
+class CIFARPickle(Dataset):
+    """CIFAR-10/100 from the python pickles, read safely and verified (same items as torchvision's CIFAR:
+    ``(PIL image, label)``, with ``data`` (N, 32, 32, 3) uint8, ``targets``, ``classes``, ``class_to_idx``).
+
+    Reads every ``data_batch_*`` present (CIFAR-10) or ``train`` / ``test`` (CIFAR-100)."""
+
+    def __init__(self, root, dataset="cifar10", train=True, transform=None, target_transform=None):
+        sub = _CIFAR_LAYOUT[dataset][0]
+        folder = os.path.join(root, sub)
+        if dataset == "cifar10":
+            names = sorted(n for n in os.listdir(folder) if n.startswith("data_batch")) if train else ["test_batch"]
+            label_key, meta_name, names_key = "labels", "batches.meta", "label_names"
+        else:
+            names = ["train" if train else "test"]
+            label_key, meta_name, names_key = "fine_labels", "meta", "fine_label_names"
+        meta_present = os.path.isfile(os.path.join(folder, meta_name))
+        verify_cifar_folder(folder, dataset, names + ([meta_name] if meta_present else []))
+        images, labels = [], []
+        for name in names:
+            path = os.path.join(folder, name)
+            batch = read_cifar_pickle(path)
+            try:
+                data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                target = [int(v) for v in batch[label_key]]
+            except (KeyError, ValueError, TypeError) as err:
+                raise DataFileError(f"{path}: not a CIFAR batch (needs 'data' rows of 3072 bytes and "
+                                    f"'{label_key}'): {type(err).__name__}: {err}") from None
+            if len(target) != len(data):
+                raise DataFileError(f"{path}: {len(data)} images but {len(target)} labels")
+            images.append(data)
+            labels += target
+        self.data = np.concatenate(images).transpose(0, 2, 3, 1) if images else np.zeros((0, 32, 32, 3), np.uint8)
+        self.targets = labels
+        if meta_present:
+            self.classes = list(read_cifar_pickle(os.path.join(folder, meta_name))[names_key])
+        else:
+            self.classes = [str(i) for i in range(max(labels, default=-1) + 1)]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        bad = [y for y in labels if not 0 <= y < len(self.classes)]
+        if bad:
+            raise DataFileError(f"{folder}: label {bad[0]} outside 0..{len(self.classes) - 1}")
+        self.transform, self.target_transform = transform, target_transform
+        self.root, self.train = root, train
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        img, target = Image.fromarray(self.data[index]), self.targets[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
 
 
 def _missing(path, layout, what):
@@ -112,15 +333,28 @@ def load_cifar(root, dataset="cifar10", train=True, transform=None):
         split_files = ["data_batch_1"] if dataset == "cifar10" else ["train"]
     if not all(os.path.isfile(os.path.join(folder, f)) for f in split_files):
         raise _missing(folder, f"{root}/{sub}/{{{files}}} (the python pickle version)", dataset.upper())
-    cls = _CIFAR10NoMD5 if dataset == "cifar10" else _CIFAR100NoMD5
-    return cls(root, train=train, transform=transform)
+    return CIFARPickle(root, dataset, train=train, transform=transform)
 
 
 def load_imagefolder(root, split, transform=None):
+    """``<root>/<split>/<class>/<image>`` through torchvision's ImageFolder (ImageNet, or the digits demo of
+    :func:`build_demo_imagefolder`). A missing or empty split stops with one message naming the path, the layout
+    and ``--demo``."""
     folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-        raise _missing(folder, f"{root}/{{train,val}}/<class>/<image>.JPEG (ImageFolder)", "ImageNet split")
-    return datasets.ImageFolder(folder, transform=transform)
+    try:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(folder)
+        return datasets.ImageFolder(folder, transform=transform)
+    except FileNotFoundError as err:  # no folder, no class folders, or no image in any class folder
+        found = "" if not os.path.isdir(folder) else f" ({err})"
+        raise DatasetNotFoundError(
+            f"ImageNet split {split!r} not found at {folder!r}{found}.\n"
+            f"Expected layout: {root}/{{train,val}}/<class>/<image>.JPEG (ImageFolder; val sorted into class "
+            f"folders).\n"
+            f"Download the dataset there and point the script at it, or use the bundled demo ImageFolder instead "
+            f"(--demo; {DEMO_IMAGEFOLDER_DIRNAME}/{{train,val}}/<digit>/*.png, built offline from scikit-learn's "
+            f"handwritten digits by common.data.build_demo_imagefolder)."
+        ) from None
 
 
 def _digits_as_cifar():
@@ -159,8 +393,10 @@ def build_demo_cifar(root):
     demo_root = os.path.join(root, DEMO_DIRNAME)
     folder = os.path.join(demo_root, "cifar-10-batches-py")
     marker = os.path.join(folder, "batches.meta")
-    if os.path.isfile(marker):
+    if os.path.isfile(marker) and read_checksums(folder) is not None:
         return demo_root
+    if os.path.isdir(folder):  # written by an older version, without checksums: rebuild (it is deterministic)
+        shutil.rmtree(folder, ignore_errors=True)
     (xtr, ytr), (xte, yte) = _digits_as_cifar()
     tmp = folder + f".tmp{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
@@ -171,25 +407,90 @@ def build_demo_cifar(root):
             "num_vis": 3072}
     with open(os.path.join(tmp, "batches.meta"), "wb") as f:
         pickle.dump(meta, f, protocol=2)
+    write_checksums(tmp, os.listdir(tmp))
     try:
         os.replace(tmp, folder)
     except OSError:  # another process built it first
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return demo_root
 
 
+# ---------------------------------------------------------------- digits demo as an ImageFolder
+def _write_png(path, image):
+    from PIL import Image
+
+    # No metadata chunks and fixed zlib settings: the same pixels give the same bytes on every build.
+    image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    image.save(path, format="PNG", optimize=False, compress_level=9)
+
+
+def build_demo_imagefolder(root, verify=True):
+    """Write the digits demo set as an ImageFolder under ``<root>/digits-demo-imagefolder/`` (once) and return
+    that folder, which :func:`load_imagefolder` reads (``split='train'`` / ``'val'``).
+
+    Same images and split as the CIFAR-format demo (:func:`_digits_as_cifar`): 1,437 train / 360 val images,
+    32x32 RGB PNGs in ``train/<digit>/<index>.png`` and ``val/<digit>/<index>.png`` (``<index>`` = position in
+    the split, 5 digits). 32x32 keeps every bit of the 8x8 originals, reads fast, and goes through the ImageNet
+    transforms unchanged (RandomResizedCrop / Resize + CenterCrop upscale it to the crop size; pass a smaller
+    crop for quick CPU runs). The folder is written to a temporary name and renamed, so a reader never sees half
+    of it; ``SHA256SUMS`` (``sha256sum`` format) is written with it and, when ``verify``, checked every time the
+    folder is reused: a changed, missing or added file raises :class:`DataFileError` naming it.
+    """
+    demo_root = os.path.join(root, DEMO_IMAGEFOLDER_DIRNAME)
+    hint = f"Delete {demo_root!r} to rebuild the demo set."
+    if os.path.isdir(demo_root):
+        if verify:
+            verify_checksums(demo_root, CHECKSUMS_NAME, exhaustive=True, hint=hint)
+        return demo_root
+    (xtr, ytr), (xte, yte) = _digits_as_cifar()
+    tmp = demo_root + f".tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = []
+    for split, images, labels in (("train", xtr, ytr), ("val", xte, yte)):
+        for cls in range(10):
+            os.makedirs(os.path.join(tmp, split, str(cls)))
+        for i, (image, label) in enumerate(zip(images, labels)):
+            rel = f"{split}/{int(label)}/{i:05d}.png"
+            _write_png(os.path.join(tmp, *rel.split("/")), image)
+            files.append(rel)
+    write_checksums(tmp, files)
+    try:
+        os.replace(tmp, demo_root)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return demo_root
+
+
+# ---------------------------------------------------------------- per-sample seeded augmentation
 def _sample_seed(seed, epoch, index):
     digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def _seeded_host_rngs(seed):
+    """Seed torch's CPU generator, Python's ``random`` and NumPy's global RNG with ``seed`` for the block, then
+    put all three back as they were (CUDA generators are left alone)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class SeededAugment(Dataset):
     """Wraps a dataset so each sample's random augmentation depends only on (seed, epoch, index).
 
     The same image gets the same crop/flip whichever process, worker or resumed run loads it, which makes
-    multi-process runs equal to single-process ones and resumed runs equal to uninterrupted ones.
+    multi-process runs equal to single-process ones and resumed runs equal to uninterrupted ones. torch's CPU
+    generator, Python's ``random`` and NumPy's global RNG are all seeded per sample (torchvision transforms draw
+    from torch; timm's RandAugment / AutoAugment / random erasing from ``random`` and NumPy) and restored
+    afterwards, so the caller's random streams are untouched.
     """
 
     def __init__(self, dataset, seed=0):
@@ -204,8 +505,7 @@ class SeededAugment(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
+        with _seeded_host_rngs(_sample_seed(self.seed, self.epoch, index)):
             return self.dataset[index]
 
 
@@ -260,3 +560,53 @@ class ShardSampler(Sampler):
 
     def __iter__(self):
         return iter(self.indices)
+
+
+class ContiguousDistributedSampler(torch.utils.data.DistributedSampler):
+    """torch's DistributedSampler (same per-epoch permutation, seeded by ``seed + epoch``, same padding by
+    repeating the first indices) but each rank takes a contiguous slice of it instead of every
+    ``world_size``-th index: the Deformable-DETR / DAC-DETR sampler."""
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=gen).tolist()
+        else:
+            order = list(range(n))
+        if self.drop_last:
+            order = order[:self.total_size]
+        else:
+            while len(order) < self.total_size:  # pad by repeating from the start, as torch does
+                order += order[:self.total_size - len(order)]
+        start = self.rank * self.num_samples
+        return iter(order[start:start + self.num_samples])
+
+
+def _main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m common.data", description="dataset utilities")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("checksums", help=f"record the sha256 of every file of FOLDER in FOLDER/{CHECKSUMS_NAME}")
+    c.add_argument("folder")
+    v = sub.add_parser("verify", help=f"check FOLDER against its {CHECKSUMS_NAME}")
+    v.add_argument("folder")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.folder):
+        p.error(f"not a folder: {args.folder}")
+    try:
+        if args.cmd == "checksums":
+            write_checksums(args.folder, [n for n in os.listdir(args.folder) if n != CHECKSUMS_NAME
+                                          and os.path.isfile(os.path.join(args.folder, n))])
+            print(f"wrote {os.path.join(args.folder, CHECKSUMS_NAME)}")
+        else:
+            verify_checksums(args.folder)
+            print(f"{args.folder}: all files match {CHECKSUMS_NAME}")
+    except DataFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,13 +1,161 @@
-"""Run logs: the official tab-separated ``log.txt``, a JSON-lines log, and TensorBoard scalars.
+"""Run logs: the console set-up, the official tab-separated ``log.txt``, a JSON-lines log, and TensorBoard scalars.
 
-Only the main process writes; the classes are no-ops elsewhere.
+:func:`setup_logging` is the one console set-up of every script: rank 0 prints (and copies the lines into a file
+when given a folder), the other ranks stay quiet unless asked (``verbose_all_ranks=True`` or the environment
+variable ``LAYERZOO_LOG_ALL_RANKS=1``). It configures the standard :mod:`logging` module, so the messages that
+library code sends to ``logging.getLogger(__name__)`` (weight-loading reports, warnings) reach the console of
+rank 0, and it returns a ``print``-like ``log`` callable for the scripts' official output lines, which keep their
+exact text. The file classes write on the main process only and are no-ops elsewhere.
 """
 import json
+import logging
 import os
+import sys
 
 from .distributed import is_main_process
 
-__all__ = ["OfficialLogger", "JsonlLogger", "TBWriter"]
+__all__ = ["setup_logging", "close_logging", "log_load_report", "ALL_RANKS_ENV", "OfficialLogger", "JsonlLogger", "TBWriter"]
+
+ALL_RANKS_ENV = "LAYERZOO_LOG_ALL_RANKS"
+_PRINT_END = "layerzoo_end"  # LogRecord attribute: the ``end`` of a ``log(...)`` line
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes to the *current* ``sys.stdout`` (``sys.stderr`` from WARNING up), so redirected or captured
+    streams are honoured; a ``log(...)`` record ends with its own ``end``, other records with a newline."""
+
+    def emit(self, record):
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + getattr(record, _PRINT_END, "\n"))
+            stream.flush()
+        except Exception:  # pragma: no cover - broken stream
+            self.handleError(record)
+
+
+class _FileHandler(logging.FileHandler):
+    """Appends to a file, opened (and its folder made) at the first message; same line endings as the console."""
+
+    def __init__(self, path):
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+
+    def _open(self):
+        os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
+        return super()._open()
+
+    def emit(self, record):
+        self.terminator = getattr(record, _PRINT_END, "\n")
+        super().emit(record)
+
+
+class _Formatter(logging.Formatter):
+    """``log(...)`` lines and INFO messages as they are; ``warning: ...`` / ``error: ...`` above INFO;
+    ``[rank r] `` in front on the other ranks when they are asked to print."""
+
+    def __init__(self, prefix=""):
+        super().__init__("%(message)s")
+        self.prefix = prefix
+
+    def format(self, record):
+        text = super().format(record)
+        if record.levelno >= logging.WARNING and not hasattr(record, _PRINT_END):
+            text = f"{record.levelname.lower()}: {text}"
+        return self.prefix + text
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _default_rank():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks=None, filename="console.log",
+                  level=logging.INFO):
+    """Set up the console of this process and return ``log``, a ``print``-like callable.
+
+    * rank 0 (``rank=None``: the initialised process group's rank, else ``$RANK``, else 0): ``log(...)`` and
+      every ``logging`` message at ``level`` and above are printed (WARNING and up to stderr, as
+      ``warning: ...``); with ``output_dir`` they are also appended to ``output_dir/filename`` (opened at the
+      first message, so a run that stops before printing leaves no file).
+    * other ranks: quiet (``log`` does nothing; only ERROR messages are shown), unless ``verbose_all_ranks``
+      (``None``: the environment variable ``LAYERZOO_LOG_ALL_RANKS``), then they print with a ``[rank r] `` prefix.
+
+    ``log(*values, sep=" ", end="\\n", file=None, flush=False)`` writes exactly what ``print`` would (the
+    official log lines keep their format); ``file=`` other than stdout bypasses the set-up and prints there.
+    ``log.logger`` is the ``logging.Logger`` called ``name``, ``log.enabled`` tells whether this rank prints.
+    The handlers are installed on the root logger (so ``logging.getLogger(__name__)`` of every module reaches
+    them) and replace those of an earlier call; other handlers are left alone.
+    """
+    rank = _default_rank() if rank is None else int(rank)
+    if verbose_all_ranks is None:
+        verbose_all_ranks = _env_flag(ALL_RANKS_ENV)
+    enabled = rank == 0 or bool(verbose_all_ranks)
+    close_logging()
+    root = logging.getLogger()
+    formatter = _Formatter("" if rank == 0 else f"[rank {rank}] ")
+    handlers = [_ConsoleHandler()]
+    if output_dir is not None and enabled:
+        handlers.append(_FileHandler(os.path.join(os.path.abspath(os.fspath(output_dir)), filename)))
+    for h in handlers:
+        h._layerzoo = True
+        h.setLevel(level if enabled else logging.ERROR)
+        h.setFormatter(formatter)
+        root.addHandler(h)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    logger = logging.getLogger(name)
+
+    def log(*values, sep=" ", end="\n", file=None, flush=False):
+        if not enabled:
+            return
+        if file is not None and file is not sys.stdout:
+            print(*values, sep=sep, end=end, file=file, flush=flush)
+            return
+        text = (" " if sep is None else sep).join(str(v) for v in values)
+        logger.info("%s", text, extra={_PRINT_END: "\n" if end is None else end})
+
+    log.logger = logger
+    log.enabled = enabled
+    log.rank = rank
+    return log
+
+
+def close_logging():
+    """Remove (and close) the handlers installed by :func:`setup_logging`; other handlers are left alone."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_layerzoo", False)]:
+        root.removeHandler(h)
+        h.close()
+
+
+def log_load_report(result, source, target="model", logger=None, ignore=(), max_list=20):
+    """Report what a non-strict ``load_state_dict`` left out (its ``missing_keys`` / ``unexpected_keys``),
+    at INFO on ``logger`` (default: this module's), so it reaches the console of rank 0 after
+    :func:`setup_logging`. Keys ending with one of ``ignore`` are not reported. Returns ``(missing, unexpected)``."""
+    logger = logger or logging.getLogger(__name__)
+    ignore = tuple(ignore)
+    missing = [k for k in result.missing_keys if not (ignore and k.endswith(ignore))]
+    unexpected = [k for k in result.unexpected_keys if not (ignore and k.endswith(ignore))]
+
+    def _names(keys):
+        shown = ", ".join(keys[:max_list])
+        return shown + (f", ... ({len(keys) - max_list} more)" if len(keys) > max_list else "")
+
+    parts = [f"loaded {source} into {target}"]
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
+    if not missing and not unexpected:
+        parts.append("all keys matched")
+    logger.info("; ".join(parts))
+    return missing, unexpected
 
 
 def _keep_rows(path, header_lines, keep_rows):

@@ -12,6 +12,7 @@ import argparse
 import copy
 import datetime
 import json
+import logging
 import sys
 import time
 import warnings
@@ -22,9 +23,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from common.config import dump_run_config
+from common.data import ContiguousDistributedSampler
 from common.distributed import add_dist_args, barrier, get_rank, init_distributed, is_main_process
+from common.logging import setup_logging
 
 __all__ = ["get_args_parser", "main", "build_param_groups", "resolve_device"]
+
+logger = logging.getLogger(__name__)
 
 
 def get_args_parser():
@@ -162,9 +168,9 @@ def _build_loaders(args, distributed):
         ds_val = build_dataset("train", args, eval_in_training_set=True)
     else:
         ds_val = build_dataset("val", args)
-    if distributed:
-        s_train = torch.utils.data.DistributedSampler(ds_train)
-        s_val = torch.utils.data.DistributedSampler(ds_val, shuffle=False)
+    if distributed:  # each rank a contiguous slice of the epoch's permutation, as officially
+        s_train = ContiguousDistributedSampler(ds_train)
+        s_val = ContiguousDistributedSampler(ds_val, shuffle=False)
     else:
         s_train = torch.utils.data.RandomSampler(ds_train)
         s_val = torch.utils.data.SequentialSampler(ds_val)
@@ -189,10 +195,10 @@ def _resume(args, model_without_ddp, optimizer, lr_scheduler):
         state = {k[len("module."):]: v for k, v in state.items()}
     missing, unexpected = model_without_ddp.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not (k.endswith("total_params") or k.endswith("total_ops"))]
-    if missing:
-        print(f"Missing Keys: {missing}")
+    if missing:  # the official report, on rank 0 (setup_logging)
+        logger.info(f"Missing Keys: {missing}")
     if unexpected:
-        print(f"Unexpected Keys: {unexpected}")
+        logger.info(f"Unexpected Keys: {unexpected}")
     if not args.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch")):
         groups_now = copy.deepcopy(optimizer.param_groups)
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -226,8 +232,10 @@ def main(args):
         assert args.masks, "Frozen training is meant for segmentation only"
     if args.dataset_file == "coco":
         check_coco_root(args.coco_path, ("val",) if args.eval else ("train", "val"))
-    if is_main_process():
-        print(args)
+    log = setup_logging(rank=env.rank)  # rank 0 prints, as the official setup_for_distributed
+    log(args)
+    if args.output_dir and not args.eval and is_main_process():  # the resolved flags of a training run
+        dump_run_config(args.output_dir, args)
 
     seed = args.seed + get_rank()
     seed_everything(seed)
@@ -236,7 +244,7 @@ def main(args):
     model.to(device)
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print("number of params:", n_parameters)
+    log("number of params:", n_parameters)
 
     ds_train, ds_val, sampler_train, dl_train, dl_val = _build_loaders(args, env.distributed)
 
@@ -262,8 +270,8 @@ def main(args):
     eval_kw = dict(output_dir=args.output_dir, use_wandb=args.use_wandb, print_freq=args.print_freq)
 
     if args.resume:
-        resumed = _resume(args, model_without_ddp, optimizer, lr_scheduler)
-        if resumed:  # check the resumed model once, as the official script does
+        _resume(args, model_without_ddp, optimizer, lr_scheduler)
+        if not args.eval:  # check the resumed model once (weights alone too), as the official script does
             evaluate(model, criterion, postprocessors, dl_val, base_ds, device, **eval_kw)
     if args.eval:
         _, evaluator = evaluate(model, criterion, postprocessors, dl_val, base_ds, device, **eval_kw)
@@ -271,7 +279,7 @@ def main(args):
             save_checkpoint(evaluator.coco_eval["bbox"].eval, output_dir / "eval.pth")
         return evaluator
 
-    print("Start training")
+    log("Start training")
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         if env.distributed:
@@ -305,7 +313,7 @@ def main(args):
                 for name in names:
                     save_checkpoint(evaluator.coco_eval["bbox"].eval, output_dir / "eval" / name)
 
-    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+    log(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
     return None
 
 

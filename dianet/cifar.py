@@ -27,7 +27,8 @@ from common import checkpoint as ckpt  # noqa: E402
 from common import data as cdata  # noqa: E402
 from common import distributed as D  # noqa: E402
 from common import engine  # noqa: E402
-from common.logging import JsonlLogger, OfficialLogger, TBWriter  # noqa: E402
+from common.config import dump_run_config  # noqa: E402
+from common.logging import JsonlLogger, OfficialLogger, TBWriter, setup_logging  # noqa: E402
 from common.registry import UnknownModelError  # noqa: E402
 
 MODEL_NAMES = dianet.list_models()
@@ -86,9 +87,34 @@ def build_model(args, num_classes):
     return dianet.create_model(args.arch, **kw)
 
 
-def lr_at(args, epoch):
-    """Step schedule: lr * gamma ** (number of milestones already reached)."""
-    return args.lr * args.gamma ** sum(epoch >= m for m in args.schedule)
+# constructor keyword -> cifar.py flag (the inverse of build_model)
+_VARIANT_FLAGS = {"depth": "--depth", "block_name": "--block-name", "cardinality": "--cardinality",
+                  "widen_factor": "--widen-factor", "dropRate": "--drop"}
+
+
+def variant_args(name):
+    """The ``-a`` / model flags that make :func:`build_model` build the named variant ``name`` (from
+    ``dianet.get_variant``), e.g. ``dia_resnet164`` -> ``-a dia_resnet --depth 164 --block-name bottleneck``."""
+    variant = dianet.get_variant(name)
+    unknown = sorted(set(variant.kwargs) - set(_VARIANT_FLAGS))
+    if unknown:
+        raise ValueError(f"variant {name!r} sets {unknown}, which cifar.py has no flag for")
+    argv = ["-a", variant.model]
+    for key, value in variant.kwargs.items():
+        argv += [_VARIANT_FLAGS[key], str(value)]
+    return argv
+
+
+def lr_at(args, epoch, first_epoch=0):
+    """The official step rule: starting from ``--lr`` at ``first_epoch``, lr is multiplied by gamma at the
+    start of every epoch listed in ``--schedule`` (a milestone listed twice counts once, as officially).
+
+    ``first_epoch`` is ``--start-epoch`` for a fresh run (as officially: lr starts at ``--lr`` there) and 0 for
+    a resumed run: after ``--resume`` the lr follows the schedule from epoch 0, so a resumed run trains with
+    the lr of the uninterrupted run (officially it keeps the checkpoint optimizer's lr until the next
+    milestone, then jumps to ``--lr * gamma``, and logs ``--lr``).
+    """
+    return args.lr * args.gamma ** sum(first_epoch <= m <= epoch for m in set(args.schedule))
 
 
 def _loaders(args, env, root, dataset):
@@ -110,7 +136,7 @@ def main(argv=None):
     if args.arch not in MODEL_NAMES:
         parser.error(f"unknown architecture -a {args.arch!r}; choose one of: {', '.join(MODEL_NAMES)}")
     env = D.init_distributed(args.local_rank, device=args.device)
-    log = print if env.is_main else (lambda *a, **k: None)
+    log = setup_logging(rank=env.rank)
 
     resume_state = ckpt.load_checkpoint(args.resume) if args.resume else None
     if args.manualSeed is None:
@@ -144,10 +170,10 @@ def main(argv=None):
                                 weight_decay=args.weight_decay)
     amp = engine.amp_from_args(args, env.device)
     scaler = amp.make_scaler()
+    if env.is_main and not args.evaluate:  # the resolved flags of a training run; -e leaves the folder alone
+        dump_run_config(args.checkpoint, args)
     title = "cifar-10-" + args.arch
     best_acc, start_epoch = 0.0, args.start_epoch
-    if env.is_main:
-        os.makedirs(args.checkpoint, exist_ok=True)
     if resume_state is not None:
         log("==> Resuming from checkpoint..")
         best_acc = float(resume_state.get("best_acc", 0.0))
@@ -158,6 +184,14 @@ def main(argv=None):
             scaler.load_state_dict(resume_state["scaler"])
         ckpt.set_rng_state(resume_state.get("rng_state"))
     resumed = resume_state is not None
+    if args.evaluate:  # evaluation only: the training logs and checkpoints are left as they are
+        log("\nEvaluation only")
+        res = engine.evaluate(model, test_loader, criterion, env, amp, args.channels_last)
+        log(" Test Loss:  %.8f, Test Acc:  %.2f" % (res["loss"], res["top1"]))
+        return res
+
+    if env.is_main:
+        os.makedirs(args.checkpoint, exist_ok=True)
     logger = OfficialLogger(os.path.join(args.checkpoint, "log.txt"), title=title, resume=resumed,
                             keep_rows=start_epoch if resumed else None)
     logger.set_names(["Learning Rate", "Train Loss", "Valid Loss", "Train Acc.", "Valid Acc."])
@@ -165,14 +199,8 @@ def main(argv=None):
                         keep_rows=start_epoch if resumed else None)
     tb = TBWriter(os.path.join(args.checkpoint, "tb"))
 
-    if args.evaluate:
-        log("\nEvaluation only")
-        res = engine.evaluate(model, test_loader, criterion, env, amp, args.channels_last)
-        log(" Test Loss:  %.8f, Test Acc:  %.2f" % (res["loss"], res["top1"]))
-        return res
-
     for epoch in range(start_epoch, args.epochs):
-        lr = lr_at(args, epoch)
+        lr = lr_at(args, epoch, first_epoch=0 if resumed else args.start_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         log("\nEpoch: [%d | %d] LR: %f" % (epoch + 1, args.epochs, lr))
@@ -222,7 +250,8 @@ def main(argv=None):
 def cli(argv=None):
     try:
         main(argv)
-    except (cdata.DatasetNotFoundError, ckpt.CheckpointMismatchError, UnknownModelError, FileNotFoundError) as err:
+    except (cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointMismatchError, UnknownModelError,
+            FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:

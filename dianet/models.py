@@ -14,6 +14,12 @@ with ``F(z) = W2 relu(W1 z + b1) + b2``, ``W1: C -> C // r``, ``W2: C // r -> 4C
 ``r = 4``. The state starts at zero at the first block of every stage and is never carried
 across stages.
 
+The cell is :class:`common.layers.dia.DIALSTMCell`. Every network follows the classifier contract of
+:mod:`common.models` (``forward_features`` / ``forward_head`` / ``reset_classifier`` / ``feature_info`` /
+``features_only`` / grad checkpointing); its trunk activations are ``nn.ReLU`` modules, which have no
+parameters. The named variants (``dia_resnet164``, ...) are declared once, at the end of this file, in
+``REGISTRY``; the paper's four are registered in timm from there.
+
 Module names, registration order and shapes follow the authors' code so that their
 checkpoints load with ``strict=True`` (``<stage>.ModuleList.<i>.*`` then ``<stage>.lstm.*``).
 Differences from that code, none of which changes the result of a configuration it can run:
@@ -36,7 +42,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.layers.dia import DIALSTMCell
+from common.models import ClassifierModel
 from common.registry import Registry
+from common.timm_compat import register_registry
 
 __all__ = [
     "DIALSTMCell", "DIAStage", "SharedFCStage",
@@ -44,7 +53,7 @@ __all__ = [
     "WideBasicBlock", "ResNeXtBottleneck",
     "DIAResNet", "DIAPreResNet", "DIAWideResNet", "DIAResNeXt", "FCShareResNet",
     "dia_resnet", "dia_preresnet", "dia_wrn", "dia_resnext", "fc_share__dense",
-    "CIFAR_MEAN", "CIFAR_STD", "REGISTRY", "create_model", "list_models",
+    "CIFAR_MEAN", "CIFAR_STD", "REGISTRY", "create_model", "list_models", "variants", "get_variant",
 ]
 
 REGISTRY = Registry("dianet")
@@ -55,54 +64,8 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 # --------------------------------------------------------------------------------------
-# DIA unit
+# DIA unit: the cell is common.layers.dia.DIALSTMCell, shared by every paper that uses it
 # --------------------------------------------------------------------------------------
-class _GateMLP(nn.Module):
-    """``Linear(C, C // r) -> ReLU -> Linear(C // r, 4 * hidden)``; keys ``seq.0`` / ``seq.2``."""
-
-    def __init__(self, in_features, hidden, reduction=4):
-        super().__init__()
-        mid = in_features // reduction
-        if mid < 1:
-            raise ValueError(f"DIA-LSTM width {in_features} is too small for reduction {reduction}")
-        self.seq = nn.Sequential(
-            nn.Linear(in_features, mid),
-            nn.ReLU(inplace=True),
-            nn.Linear(mid, 4 * hidden),
-        )
-
-    def forward(self, x):
-        return self.seq(x)
-
-
-class DIALSTMCell(nn.Module):
-    """The modified LSTM cell of DIANet (one layer; input size == hidden size == C).
-
-    ``forward(a, (h, c)) -> (h_new, c_new)``, all of shape ``(B, C)``. Both transforms are
-    bottlenecked by ``reduction`` and both carry biases (two additive biases on the gates,
-    like ``nn.LSTMCell``). The output is ``sigmoid(o) * sigmoid(c_new)``.
-    """
-
-    def __init__(self, channels, reduction=4):
-        super().__init__()
-        self.channels = channels
-        # ModuleLists of length one keep the official key names ``w_ih.0`` / ``w_hh.0``.
-        self.w_ih = nn.ModuleList([_GateMLP(channels, channels, reduction)])
-        self.w_hh = nn.ModuleList([_GateMLP(channels, channels, reduction)])
-
-    def init_state(self, a):
-        zeros = a.new_zeros(a.shape[0], self.channels)
-        return zeros, zeros
-
-    def forward(self, a, state):
-        h, c = state
-        gates = self.w_ih[0](a) + self.w_hh[0](h)
-        i, f, g, o = gates.chunk(4, dim=1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = torch.sigmoid(o) * torch.sigmoid(c_new)
-        return h_new, c_new
-
-
 class _AttentionStage(nn.Module):
     """A stage of residual blocks, each returning ``(branch, shortcut)``; the subclass
     turns the pooled branch into a channel mask and the stage adds the shortcut."""
@@ -335,7 +298,8 @@ def _init_resnext_style(model):
     """By state_dict key: '*conv*.weight' -> kaiming normal (fan_out), '*bn*.weight' -> 1,
     every '*.bias' -> 0 (BN, LSTM MLPs and classifier). The classifier weight gets kaiming
     normal (fan_in) first; LSTM Linear weights keep PyTorch's default."""
-    nn.init.kaiming_normal_(model.classifier.weight)
+    if isinstance(model.classifier, nn.Linear):  # not the identity head of num_classes=0
+        nn.init.kaiming_normal_(model.classifier.weight)
     for key, tensor in model.state_dict().items():
         leaf = key.rsplit(".", 1)[-1]
         if leaf == "weight":
@@ -363,23 +327,37 @@ def _bottleneck_or_basic(depth, block_name, basic, bottleneck):
     raise ValueError(f"block_name must be 'BasicBlock' or 'Bottleneck', got {block_name!r}")
 
 
-class DIAResNet(nn.Module):
-    """Post-activation CIFAR ResNet with one DIA unit per stage (``dia_resnet``).
-    Also hosts the shared-FC ablation through ``stage_cls``."""
+def _stage_info(model, widths, last_module=None):
+    """feature_info of a 3-stage CIFAR net (reductions 1, 2, 4); ``last_module`` replaces the last
+    stage's module name when a final norm/activation follows it (pre-activation nets)."""
+    info = [dict(num_chs=w, reduction=2 ** i, module=m) for i, (w, m) in enumerate(zip(widths, model.stage_names))]
+    if last_module:
+        info[-1]["module"] = last_module
+    return info
 
-    def __init__(self, depth, num_classes=1000, block_name="BasicBlock", *,
-                 _stage=None):
+
+class DIAResNet(ClassifierModel):
+    """Post-activation CIFAR ResNet with one DIA unit per stage (``dia_resnet``).
+    Also hosts the shared-FC ablation through ``_stage``. Contract keywords (:mod:`common.models`):
+    ``in_chans``, ``global_pool``, ``drop_rate`` (dropout before ``fc``); their defaults are the official model."""
+
+    stage_names = ("layer1", "layer2", "layer3")
+    blocks_attr = "ModuleList"
+
+    def __init__(self, depth, num_classes=1000, block_name="BasicBlock", *, in_chans=3, global_pool="avg",
+                 drop_rate=0.0, _stage=None):
         super().__init__()
         block, n = _bottleneck_or_basic(depth, block_name, ResBasicBlock, ResBottleneck)
         stage = _stage or (lambda blocks, ch: DIAStage(blocks, ch, post_relu=True))
         self.inplanes = 16
-        self.conv1 = _conv3x3(3, 16)
+        self.conv1 = _conv3x3(in_chans, 16)
         self.bn1 = nn.BatchNorm2d(16)
+        self.act1 = nn.ReLU(inplace=True)
         self.layer1 = stage(self._make_layer(block, 16, n), 16 * block.expansion)
         self.layer2 = stage(self._make_layer(block, 32, n, stride=2), 32 * block.expansion)
         self.layer3 = stage(self._make_layer(block, 64, n, stride=2), 64 * block.expansion)
-        self.num_features = 64 * block.expansion
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.feature_info = _stage_info(self, [16 * block.expansion, 32 * block.expansion, 64 * block.expansion])
+        self.init_head(64 * block.expansion, num_classes, global_pool, drop_rate)
         _init_resnet_style(self)
 
     def _make_layer(self, block, planes, blocks, stride=1):
@@ -394,39 +372,38 @@ class DIAResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return layers
 
-    def forward_features(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean(dim=(2, 3)))
-
-
 class FCShareResNet(DIAResNet):
     """Shared-FC ablation (``fc_share__dense``): DIA-ResNet with the LSTM replaced by one
     SE-MLP per stage of reduction ``c`` (official file never set ``c``; 4 = DIANet's r)."""
 
-    def __init__(self, depth, num_classes=1000, block_name="BasicBlock", c=4):
-        super().__init__(depth, num_classes, block_name,
+    def __init__(self, depth, num_classes=1000, block_name="BasicBlock", c=4, **contract):
+        super().__init__(depth, num_classes, block_name, **contract,
                          _stage=lambda blocks, ch: SharedFCStage(blocks, ch, post_relu=True, c=c))
 
 
-class DIAPreResNet(nn.Module):
-    """Pre-activation CIFAR ResNet with one DIA unit per stage (``dia_preresnet``)."""
+class DIAPreResNet(ClassifierModel):
+    """Pre-activation CIFAR ResNet with one DIA unit per stage (``dia_preresnet``); contract keywords as
+    :class:`DIAResNet`. The last feature map is taken after the final BN + ReLU."""
 
-    def __init__(self, depth, num_classes=1000, block_name="BasicBlock"):
+    stage_names = ("layer1", "layer2", "layer3")
+    blocks_attr = "ModuleList"
+
+    def __init__(self, depth, num_classes=1000, block_name="BasicBlock", *, in_chans=3, global_pool="avg",
+                 drop_rate=0.0):
         super().__init__()
         block, n = _bottleneck_or_basic(depth, block_name, PreActBasicBlock, PreActBottleneck)
         self.inplanes = 16
-        self.conv1 = _conv3x3(3, 16)
+        self.conv1 = _conv3x3(in_chans, 16)
         self.layer1 = DIAStage(self._make_layer(block, 16, n), 16 * block.expansion, post_relu=False)
         self.layer2 = DIAStage(self._make_layer(block, 32, n, stride=2), 32 * block.expansion,
                                post_relu=False)
         self.layer3 = DIAStage(self._make_layer(block, 64, n, stride=2), 64 * block.expansion,
                                post_relu=False)
-        self.num_features = 64 * block.expansion
-        self.bn = nn.BatchNorm2d(self.num_features)
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.bn = nn.BatchNorm2d(64 * block.expansion)
+        self.final_act = nn.ReLU(inplace=True)
+        self.feature_info = _stage_info(self, [16 * block.expansion, 32 * block.expansion, 64 * block.expansion],
+                                        "final_act")
+        self.init_head(64 * block.expansion, num_classes, global_pool, drop_rate)
         _init_resnet_style(self)
 
     def _make_layer(self, block, planes, blocks, stride=1):
@@ -438,24 +415,21 @@ class DIAPreResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return layers
 
-    def forward_features(self, x):
-        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        return F.relu(self.bn(x))
+class DIAWideResNet(ClassifierModel):
+    """Wide ResNet (pre-activation) with one DIA unit per stage (``dia_wrn``). ``dropRate`` is the official
+    dropout inside the blocks; the contract's ``drop_rate`` (timm's) is dropout before ``fc``."""
 
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean(dim=(2, 3)))
+    stage_names = ("block1", "block2", "block3")
+    blocks_attr = "ModuleList"
 
-
-class DIAWideResNet(nn.Module):
-    """Wide ResNet (pre-activation) with one DIA unit per stage (``dia_wrn``)."""
-
-    def __init__(self, depth, num_classes, widen_factor=1, dropRate=0.0):
+    def __init__(self, depth, num_classes, widen_factor=1, dropRate=0.0, *, in_chans=3, global_pool="avg",
+                 drop_rate=0.0):
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.conv1 = _conv3x3(3, widths[0])
+        self.conv1 = _conv3x3(in_chans, widths[0])
         self.block1 = DIAStage(self._make_layer(widths[0], widths[1], n, 1, dropRate), widths[1],
                                post_relu=False)
         self.block2 = DIAStage(self._make_layer(widths[1], widths[2], n, 2, dropRate), widths[2],
@@ -463,8 +437,10 @@ class DIAWideResNet(nn.Module):
         self.block3 = DIAStage(self._make_layer(widths[2], widths[3], n, 2, dropRate), widths[3],
                                post_relu=False)
         self.bn1 = nn.BatchNorm2d(widths[3])
-        self.num_features = self.nChannels = widths[3]
-        self.fc = nn.Linear(widths[3], num_classes)
+        self.final_act = nn.ReLU(inplace=True)
+        self.nChannels = widths[3]
+        self.feature_info = _stage_info(self, widths[1:], "final_act")
+        self.init_head(widths[3], num_classes, global_pool, drop_rate)
         _init_resnet_style(self, zero_linear_bias=True)
 
     @staticmethod
@@ -472,19 +448,17 @@ class DIAWideResNet(nn.Module):
         return [WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
                                stride if i == 0 else 1, dropRate) for i in range(n)]
 
-    def forward_features(self, x):
-        x = self.block3(self.block2(self.block1(self.conv1(x))))
-        return F.relu(self.bn1(x))
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean(dim=(2, 3)))
-
-
-class DIAResNeXt(nn.Module):
+class DIAResNeXt(ClassifierModel):
     """CIFAR ResNeXt with one DIA unit per stage (``dia_resnext``). Stage widths are
-    ``[32, 32 wf, 64 wf, 128 wf]``; ``dropRate`` is accepted but unused (as officially)."""
+    ``[32, 32 wf, 64 wf, 128 wf]``; ``dropRate`` is accepted but unused (as officially); the contract's
+    ``drop_rate`` is dropout before ``classifier``."""
 
-    def __init__(self, cardinality, depth, num_classes, widen_factor=4, dropRate=0):
+    head_name = "classifier"
+    stage_names = ("stage_1", "stage_2", "stage_3")
+    blocks_attr = "ModuleList"
+
+    def __init__(self, cardinality, depth, num_classes, widen_factor=4, dropRate=0, *, in_chans=3,
+                 global_pool="avg", drop_rate=0.0):
         super().__init__()
         if (depth - 2) % 9 != 0:
             raise ValueError(f"ResNeXt depth must be 9n+2 (29, 101, ...), got {depth}")
@@ -492,19 +466,19 @@ class DIAResNeXt(nn.Module):
         self.depth = depth
         self.block_depth = (depth - 2) // 9
         self.widen_factor = widen_factor
-        self.num_classes = num_classes
         self.dropRate = dropRate  # unused, kept for signature compatibility
         self.stages = [32, 32 * widen_factor, 64 * widen_factor, 128 * widen_factor]
-        self.conv_1_3x3 = _conv3x3(3, 32)
+        self.conv_1_3x3 = _conv3x3(in_chans, 32)
         self.bn_1 = nn.BatchNorm2d(32)
+        self.act_1 = nn.ReLU(inplace=True)
         self.stage_1 = DIAStage(self._make_stage(self.stages[0], self.stages[1], 1), self.stages[1],
                                 post_relu=True)
         self.stage_2 = DIAStage(self._make_stage(self.stages[1], self.stages[2], 2), self.stages[2],
                                 post_relu=True)
         self.stage_3 = DIAStage(self._make_stage(self.stages[2], self.stages[3], 2), self.stages[3],
                                 post_relu=True)
-        self.num_features = self.stages[3]
-        self.classifier = nn.Linear(self.stages[3], num_classes)
+        self.feature_info = _stage_info(self, self.stages[1:])
+        self.init_head(self.stages[3], num_classes, global_pool, drop_rate)
         _init_resnext_style(self)
 
     def _make_stage(self, in_channels, out_channels, stride):
@@ -512,85 +486,108 @@ class DIAResNeXt(nn.Module):
                                   stride if i == 0 else 1, self.cardinality, self.widen_factor)
                 for i in range(self.block_depth)]
 
-    def forward_features(self, x):
-        x = F.relu(self.bn_1(self.conv_1_3x3(x)))
-        return self.stage_3(self.stage_2(self.stage_1(x)))
-
-    def forward(self, x):
-        return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
 
 
 # --------------------------------------------------------------------------------------
-# Constructors (official names, signatures and defaults)
+# Constructors (official names, signatures and defaults; then the contract's keywords)
 # --------------------------------------------------------------------------------------
 def _cfg(classifier="fc", **kw):
     return dict(input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, classifier=classifier, **kw)
 
 
 @REGISTRY.register("dia_resnet", default_cfg=_cfg(paper=dict(depth=164, block_name="bottleneck")))
-def dia_resnet(depth, num_classes=1000, block_name="BasicBlock"):
-    """DIA-ResNet; the paper model is ``dia_resnet(164, 100, 'bottleneck')``."""
-    return DIAResNet(depth, num_classes=num_classes, block_name=block_name)
+def dia_resnet(depth, num_classes=1000, block_name="BasicBlock", *, in_chans=3, global_pool="avg", drop_rate=0.0):
+    """DIA-ResNet; the paper model is ``dia_resnet(164, 100, 'bottleneck')`` (variant ``dia_resnet164``)."""
+    return DIAResNet(depth, num_classes=num_classes, block_name=block_name, in_chans=in_chans,
+                     global_pool=global_pool, drop_rate=drop_rate)
 
 
 @REGISTRY.register("dia_preresnet", default_cfg=_cfg(paper=dict(depth=164, block_name="bottleneck")))
-def dia_preresnet(depth, num_classes=1000, block_name="BasicBlock"):
-    """DIA-PreResNet; the paper model is ``dia_preresnet(164, 100, 'bottleneck')``."""
-    return DIAPreResNet(depth, num_classes=num_classes, block_name=block_name)
+def dia_preresnet(depth, num_classes=1000, block_name="BasicBlock", *, in_chans=3, global_pool="avg",
+                  drop_rate=0.0):
+    """DIA-PreResNet; the paper model is ``dia_preresnet(164, 100, 'bottleneck')`` (``dia_preresnet164``)."""
+    return DIAPreResNet(depth, num_classes=num_classes, block_name=block_name, in_chans=in_chans,
+                        global_pool=global_pool, drop_rate=drop_rate)
 
 
 @REGISTRY.register("dia_wrn", default_cfg=_cfg(paper=dict(depth=52, widen_factor=4, dropRate=0.3)))
-def dia_wrn(depth, num_classes, widen_factor=1, dropRate=0.0):
-    """DIA-WRN; the paper model is ``dia_wrn(52, 100, widen_factor=4, dropRate=0.3)``."""
-    return DIAWideResNet(depth, num_classes, widen_factor=widen_factor, dropRate=dropRate)
+def dia_wrn(depth, num_classes, widen_factor=1, dropRate=0.0, *, in_chans=3, global_pool="avg", drop_rate=0.0):
+    """DIA-WRN; the paper model is ``dia_wrn(52, 100, widen_factor=4, dropRate=0.3)`` (``dia_wrn52_4``)."""
+    return DIAWideResNet(depth, num_classes, widen_factor=widen_factor, dropRate=dropRate, in_chans=in_chans,
+                         global_pool=global_pool, drop_rate=drop_rate)
 
 
 @REGISTRY.register("dia_resnext", default_cfg=_cfg(
     "classifier", paper=dict(cardinality=8, depth=101, widen_factor=4, dropRate=0)))
-def dia_resnext(cardinality, depth, num_classes, widen_factor=4, dropRate=0):
-    """DIA-ResNeXt; the paper model (8x32d) is ``dia_resnext(8, 101, 100, widen_factor=4)``."""
-    return DIAResNeXt(cardinality, depth, num_classes, widen_factor=widen_factor, dropRate=dropRate)
+def dia_resnext(cardinality, depth, num_classes, widen_factor=4, dropRate=0, *, in_chans=3, global_pool="avg",
+                drop_rate=0.0):
+    """DIA-ResNeXt; the paper model (8x32d) is ``dia_resnext(8, 101, 100, widen_factor=4)``
+    (``dia_resnext101_8x32``)."""
+    return DIAResNeXt(cardinality, depth, num_classes, widen_factor=widen_factor, dropRate=dropRate,
+                      in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate)
 
 
 @REGISTRY.register("fc_share__dense", default_cfg=_cfg(paper=dict(depth=164, block_name="bottleneck", c=4)))
-def fc_share__dense(depth, num_classes=1000, block_name="BasicBlock", c=4):
+def fc_share__dense(depth, num_classes=1000, block_name="BasicBlock", c=4, *, in_chans=3, global_pool="avg",
+                    drop_rate=0.0):
     """Shared-FC ablation of DIA-ResNet (no LSTM, one SE-MLP per stage, reduction ``c``)."""
-    return FCShareResNet(depth, num_classes=num_classes, block_name=block_name, c=c)
+    return FCShareResNet(depth, num_classes=num_classes, block_name=block_name, c=c, in_chans=in_chans,
+                         global_pool=global_pool, drop_rate=drop_rate)
+
+
+# --------------------------------------------------------------------------------------
+# The named variants: declared once here; timm, the benchmarks, the recipes and the tests read them
+# --------------------------------------------------------------------------------------
+def _variant_cfg(classifier="fc", first_conv="conv1", num_classes=100):
+    """Complete timm pretrained_cfg of a CIFAR variant (no released weights: ``url`` is empty)."""
+    return dict(
+        url="", num_classes=num_classes, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
+        crop_mode="center", interpolation="bilinear", mean=CIFAR_MEAN, std=CIFAR_STD, first_conv=first_conv,
+        classifier=classifier, license="unspecified (the official code states none; no released weights)",
+        paper_name="DIANet: Dense-and-Implicit Attention Network (AAAI 2020)", paper_ids="arXiv:1905.10671",
+        origin_url="https://github.com/gbup-group/DIANet",
+    )
+
+
+_NEXT = dict(classifier="classifier", first_conv="conv_1_3x3")
+for _name, _ctor, _kw, _cfg_kw, _paper in (
+    # the paper's CIFAR-100 models (in timm and in benchmarks/throughput.py)
+    ("dia_resnet164", "dia_resnet", dict(depth=164, block_name="bottleneck"), {}, True),
+    ("dia_preresnet164", "dia_preresnet", dict(depth=164, block_name="bottleneck"), {}, True),
+    ("dia_wrn52_4", "dia_wrn", dict(depth=52, widen_factor=4, dropRate=0.3), {}, True),
+    ("dia_resnext101_8x32", "dia_resnext", dict(cardinality=8, depth=101, widen_factor=4, dropRate=0), _NEXT, True),
+    # shallow members of the same families (checked against the official code) and the ablation
+    ("dia_resnet29", "dia_resnet", dict(depth=29, block_name="bottleneck"), {}, False),
+    ("dia_preresnet29", "dia_preresnet", dict(depth=29, block_name="bottleneck"), {}, False),
+    ("dia_wrn16_4", "dia_wrn", dict(depth=16, widen_factor=4, dropRate=0.3), {}, False),
+    ("dia_resnext29_8x32", "dia_resnext", dict(cardinality=8, depth=29, widen_factor=4, dropRate=0), _NEXT, False),
+    ("fc_share__dense164", "fc_share__dense", dict(depth=164, block_name="bottleneck", c=4), {}, False),
+):
+    REGISTRY.add_variant(_name, _ctor, _kw, pretrained_cfg=_variant_cfg(**_cfg_kw), paper=_paper)
+del _name, _ctor, _kw, _cfg_kw, _paper
 
 
 def create_model(name, **kwargs):
     """Build a registered model by its official name, e.g.
-    ``create_model('dia_resnet', depth=164, num_classes=100, block_name='bottleneck')``."""
+    ``create_model('dia_resnet', depth=164, num_classes=100, block_name='bottleneck')``, or a named variant,
+    ``create_model('dia_resnet164')`` (``kwargs`` override the variant's). ``features_only=True`` (with
+    ``out_indices``) returns the stage maps."""
     return REGISTRY.create(name, **kwargs)
 
 
 def list_models(pattern="*"):
+    """The official constructor names."""
     return REGISTRY.list_models(pattern)
 
 
-# The paper's four CIFAR-100 models under fixed names in timm (``timm.create_model('dia_resnet164')``).
-TIMM_MODELS = {
-    "dia_resnet164": (dia_resnet, dict(depth=164, block_name="bottleneck"), "fc"),
-    "dia_preresnet164": (dia_preresnet, dict(depth=164, block_name="bottleneck"), "fc"),
-    "dia_wrn52_4": (dia_wrn, dict(depth=52, widen_factor=4, dropRate=0.3), "fc"),
-    "dia_resnext101_8x32": (dia_resnext, dict(cardinality=8, depth=101, widen_factor=4, dropRate=0), "classifier"),
-}
+def variants(pattern="*", *, paper=None):
+    """The named variants (:class:`common.registry.Variant`), in declaration order."""
+    return REGISTRY.variants(pattern, paper=paper)
 
 
-def _register_timm():
-    import functools
-
-    from common.timm_compat import register_timm
-
-    for name, (ctor, kw, head) in TIMM_MODELS.items():
-        builder = functools.partial(ctor, **kw)
-        builder.__module__ = __name__
-        register_timm(name, builder, dict(num_classes=100, input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD,
-                                          classifier=head, first_conv="conv1" if head == "fc" else "conv_1_3x3",
-                                          crop_pct=1.0))
+def get_variant(name):
+    return REGISTRY.get_variant(name)
 
 
-try:
-    _register_timm()
-except ImportError:  # timm is a dependency, but the models work without it
-    pass
+# The paper's variants in timm: timm.create_model('dia_resnet164') once dianet is imported.
+register_registry(REGISTRY)

@@ -2,7 +2,6 @@
 import argparse
 import math
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -144,7 +143,8 @@ def test_demo_set_is_the_sklearn_digits(demo_root):
     from sklearn.datasets import load_digits
 
     folder = os.path.join(demo_root, "cifar-10-batches-py")
-    assert sorted(os.listdir(folder)) == ["batches.meta"] + [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    assert sorted(os.listdir(folder)) == (["SHA256SUMS", "batches.meta"] + [f"data_batch_{i}" for i in range(1, 6)]
+                                          + ["test_batch"])
     train = cdata.load_cifar(demo_root, "cifar10", train=True)
     test = cdata.load_cifar(demo_root, "cifar10", train=False)
     assert (len(train), len(test)) == (1437, 360)
@@ -153,8 +153,7 @@ def test_demo_set_is_the_sklearn_digits(demo_root):
     # every demo image is an 8x8 digit upscaled: downsample back and find it among the originals.
     digits = load_digits()
     orig = torch.from_numpy(digits.images.astype(np.float32) / 16.0)
-    with open(os.path.join(folder, "test_batch"), "rb") as f:
-        batch = pickle.load(f, encoding="latin1")
+    batch = cdata.read_cifar_pickle(os.path.join(folder, "test_batch"))
     img = batch["data"][0].reshape(3, 32, 32).astype(np.float32) / 255
     assert np.array_equal(img[0], img[1]) and np.array_equal(img[0], img[2])  # grey as RGB
     small = torch.nn.functional.avg_pool2d(torch.from_numpy(img[0])[None, None], 4)[0, 0]

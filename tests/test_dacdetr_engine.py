@@ -230,7 +230,13 @@ def test_main_checkpoints_log_and_resume(demo_root, tmp_path, monkeypatch, capsy
     assert [r["epoch"] for r in log] == [0]
     assert len(log[0]["test_coco_eval_bbox"]) == 12 and "train_loss" in log[0] and "test_loss" in log[0]
     assert log[0]["n_parameters"] == sum(p.numel() for p in made[0].parameters())
-    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in out_text
+    assert "number of params: " in out_text and "Start training" in out_text
+    from common.config import read_yaml
+
+    flags = read_yaml(out / "config.yaml")  # the resolved flags of the run
+    assert flags["epochs"] == 1 and flags["lr_drop"] == 1 and flags["output_dir"] == str(out)
 
     # resume: weights + optimizer restored, the epoch counter continues at 1, lr follows the new flags
     args = _args(demo_root, "--output_dir", str(out), "--epochs", "2", "--lr_drop", "1",
@@ -250,6 +256,15 @@ def test_main_checkpoints_log_and_resume(demo_root, tmp_path, monkeypatch, capsy
     assert (out / "eval.pth").exists() and not (out / "checkpoint0002.pth").exists()
     for k, v in made[2].state_dict().items():
         assert torch.equal(ck1["model"][k], v)
+
+    # weights alone (no optimizer state): loaded, evaluated once before training as officially, epoch 0 next
+    torch.save({"model": ck1["model"]}, out / "weights.pth")
+    args = _args(demo_root, "--output_dir", str(tmp_path / "w"), "--epochs", "1", "--resume", str(out / "weights.pth"))
+    dmain.main(args)
+    assert args.start_epoch == 0 and made[3].seen_num_queries[0] == 12
+    from common.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "w" / "checkpoint.pth")["epoch"] == 0
 
 
 def test_main_nan_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch, capsys):

@@ -14,22 +14,22 @@ from common.registry import UnknownModelError
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "dianet")
 
-# fingerprint file -> (registered name, constructor kwargs used by the official run)
-FINGERPRINTS = {
-    "dia_resnet164": ("dia_resnet", dict(depth=164, num_classes=100, block_name="bottleneck")),
-    "dia_preresnet164": ("dia_preresnet", dict(depth=164, num_classes=100, block_name="bottleneck")),
-    "dia_wrn52_4": ("dia_wrn", dict(depth=52, num_classes=100, widen_factor=4, dropRate=0.3)),
-    "dia_resnext101_8x32": ("dia_resnext", dict(cardinality=8, depth=101, num_classes=100,
-                                                widen_factor=4, dropRate=0)),
-    "dia_resnet29": ("dia_resnet", dict(depth=29, num_classes=100, block_name="bottleneck")),
-    "dia_preresnet29": ("dia_preresnet", dict(depth=29, num_classes=100, block_name="bottleneck")),
-    "dia_wrn16_4": ("dia_wrn", dict(depth=16, num_classes=100, widen_factor=4, dropRate=0.3)),
-    "dia_resnext29_8x32": ("dia_resnext", dict(cardinality=8, depth=29, num_classes=100,
-                                               widen_factor=4, dropRate=0)),
-    "dia_resnet164_c10": ("dia_resnet", dict(depth=164, num_classes=10, block_name="bottleneck")),
-    "fc_share__dense164_c4_patched": ("fc_share__dense", dict(depth=164, num_classes=100,
-                                                              block_name="bottleneck", c=4)),
+# fingerprint file -> named variant of dianet's table (and overrides) used by the official run
+_FP_VARIANTS = {
+    "dia_resnet164": ("dia_resnet164", {}),
+    "dia_preresnet164": ("dia_preresnet164", {}),
+    "dia_wrn52_4": ("dia_wrn52_4", {}),
+    "dia_resnext101_8x32": ("dia_resnext101_8x32", {}),
+    "dia_resnet29": ("dia_resnet29", {}),
+    "dia_preresnet29": ("dia_preresnet29", {}),
+    "dia_wrn16_4": ("dia_wrn16_4", {}),
+    "dia_resnext29_8x32": ("dia_resnext29_8x32", {}),
+    "dia_resnet164_c10": ("dia_resnet164", dict(num_classes=10)),
+    "fc_share__dense164_c4_patched": ("fc_share__dense164", {}),
 }
+# fingerprint file -> (registered constructor name, constructor kwargs)
+FINGERPRINTS = {fp: (dianet.get_variant(v).model, dianet.get_variant(v).build_kwargs(**over))
+                for fp, (v, over) in _FP_VARIANTS.items()}
 
 
 def _load(name):
@@ -60,14 +60,13 @@ def test_fingerprint(variant):
 
 
 def test_paper_parameter_counts():
-    paper = {
-        ("dia_resnet", (("depth", 164), ("block_name", "bottleneck"))): 1_946_132,
-        ("dia_preresnet", (("depth", 164), ("block_name", "bottleneck"))): 1_961_364,
-        ("dia_wrn", (("depth", 52), ("widen_factor", 4), ("dropRate", 0.3))): 12_298_516,
-        ("dia_resnext", (("cardinality", 8), ("depth", 101), ("widen_factor", 4))): 33_006_020,
-    }
-    for (name, kw), n in paper.items():
-        assert _n_params(dianet.create_model(name, num_classes=100, **dict(kw))) == n, name
+    paper = {"dia_resnet164": 1_946_132, "dia_preresnet164": 1_961_364, "dia_wrn52_4": 12_298_516,
+             "dia_resnext101_8x32": 33_006_020}
+    assert [v.name for v in dianet.variants(paper=True)] == list(paper)
+    for name, n in paper.items():
+        v = dianet.get_variant(name)
+        assert _n_params(dianet.create_model(v.model, **v.build_kwargs())) == n, name
+        assert _n_params(dianet.create_model(name)) == n, name
 
 
 def test_dia_lstm_parameter_count_formula():

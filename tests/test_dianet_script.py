@@ -44,6 +44,11 @@ def test_resume_after_kill_reproduces_uninterrupted_run(demo_root, tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("test_top1")] == [1, 2]
     assert (full / "model_best.pth.tar").is_file()
+    from common.config import read_yaml
+
+    flags = read_yaml(full / "config.yaml")  # the resolved flags of the run
+    assert flags["arch"] == "dia_resnet" and flags["depth"] == 11 and flags["epochs"] == 2
+    assert flags["schedule"] == [1] and flags["manualSeed"] == 7 and flags["checkpoint"] == str(full)
 
     # Same run, killed in the middle of epoch 2, then resumed from the epoch-1 checkpoint.
     cut = tmp_path / "cut"
@@ -104,12 +109,18 @@ def test_foreign_checkpoint_and_nan_loss(demo_root, tmp_path):
     ckpt_file = good / "checkpoint.pth.tar"
     before = ckpt_file.read_bytes()
 
-    # -e evaluates the checkpoint and reproduces the accuracy logged for its epoch.
-    proc = run_script(_args(demo_root, tmp_path / "eval", "-e", "--resume", str(ckpt_file)), check=True)
+    # -e evaluates the checkpoint and reproduces the accuracy logged for its epoch; pointed at the training
+    # folder itself it leaves the training logs as they were.
+    logs = {n: (good / n).read_bytes() for n in ("log.txt", "log.jsonl")}
+    proc = run_script(_args(demo_root, good, "-e", "--resume", str(ckpt_file)), check=True)
+    assert {n: (good / n).read_bytes() for n in logs} == logs and ckpt_file.read_bytes() == before
+    run_script(_args(demo_root, tmp_path / "eval", "-e", "--resume", str(ckpt_file)), check=True)
+    assert not (tmp_path / "eval").exists()
     line = [x for x in proc.stdout.splitlines() if x.startswith(" Test Loss:")][0]
     logged = [float(x) for x in _rows(good)[0].split("\t") if x]
     assert abs(float(line.rsplit(":", 1)[1]) - logged[4]) < 0.01
     assert abs(float(line.split(",")[0].split(":")[1]) - logged[2]) < 1e-5
+    assert not (tmp_path / "eval" / "config.yaml").exists()  # evaluation writes no run config
 
     # A checkpoint of another architecture: one message listing the mismatched keys.
     proc = run_script([SCRIPT, "-a", "dia_preresnet", "--depth", "11", "--block-name", "bottleneck", "--demo",
@@ -130,8 +141,52 @@ def test_run_code_dry_run_prints_the_four_recipes():
     proc = run_script([os.path.join("dianet", "run_code.py"), "--recipe", "all", "--dry-run"], check=True)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 4
-    assert lines[0].endswith("-a dia_resnet --train-batch 128 --dataset cifar100 --depth 164 --block-name "
-                             "bottleneck --epochs 180 --schedule 60 120 --gamma 0.1 --wd 1e-4 --checkpoint "
+    assert lines[0].endswith("-a dia_resnet --depth 164 --block-name bottleneck --train-batch 128 --dataset "
+                             "cifar100 --epochs 180 --schedule 60 120 --gamma 0.1 --wd 1e-4 --checkpoint "
                              "checkpoints/cifar100/resnet-164-dia-rate4")
-    assert "--depth 52 --widen-factor 4 --drop 0.3 --epochs 200 --schedule 80 120 160 --wd 5e-4 --gamma 0.2" in lines[2]
+    assert "--depth 52 --widen-factor 4 --drop 0.3" in lines[2]
+    assert "--epochs 200 --schedule 80 120 160 --wd 5e-4 --gamma 0.2" in lines[2]
     assert "-a dia_resnext" in lines[3] and "--cardinality 8" in lines[3]
+
+
+def test_lr_rule_is_the_official_one():
+    """Officially lr starts at --lr at --start-epoch and is multiplied by gamma at the start of each epoch that
+    is *in* --schedule; after --resume ours follows the schedule from epoch 0 (a deliberate fix)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dianet_cifar", os.path.join(ROOT, SCRIPT))
+    cifar = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cifar)
+
+    def official(lr, gamma, schedule, start, epochs):  # the official loop, state['lr'] mutated in place
+        state, out = lr, []
+        for epoch in range(start, epochs):
+            if epoch in schedule:
+                state *= gamma
+            out.append(state)
+        return out
+
+    for schedule, start in (([3, 6], 0), ([3, 6], 4), ([3, 3, 6], 0), ([0, 5], 0), ([2, 8], 9), ([6, 3], 2)):
+        a = argparse.Namespace(lr=0.1, gamma=0.2, schedule=schedule)
+        ours = [cifar.lr_at(a, e, first_epoch=start) for e in range(start, 10)]
+        assert ours == pytest.approx(official(0.1, 0.2, schedule, start, 10), rel=1e-15), (schedule, start)
+    a = argparse.Namespace(lr=0.1, gamma=0.1, schedule=[2, 4])
+    assert [cifar.lr_at(a, e, first_epoch=0) for e in (3, 4)] == pytest.approx([0.01, 0.001])  # resumed at 3
+
+
+def test_variant_flags_build_the_variant():
+    """cifar.py's model flags for each named variant (what run_code.py's recipes use) build exactly that variant."""
+    import dianet
+    from dianet import cifar
+
+    for v in dianet.variants():
+        if set(v.kwargs) - set(cifar._VARIANT_FLAGS):
+            continue  # fc_share__dense164: its reduction has no cifar.py flag
+        args = cifar.get_parser().parse_args(cifar.variant_args(v.name))
+        torch.manual_seed(0)
+        ours = cifar.build_model(args, v.num_classes)
+        torch.manual_seed(0)
+        ref = dianet.create_model(v.name)
+        assert [(k, t.shape) for k, t in ours.state_dict().items()] == \
+               [(k, t.shape) for k, t in ref.state_dict().items()], v.name

@@ -19,6 +19,8 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from common.checkpoint import read_state_dict
+from common.layers.norm import FrozenBatchNorm2d
+from common.logging import log_load_report
 
 from ..util.misc import NestedTensor
 from .position_encoding import build_position_encoding
@@ -37,40 +39,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESNET_INIT_PATH = "./initmodel/resnet50-19c8e357.pth"
-
-
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine terms, all stored as buffers.
-
-    ``y = x * scale + (bias - running_mean * scale)`` with ``scale = weight * rsqrt(running_var + eps)``.
-    A ``num_batches_tracked`` entry in a loaded state dict is ignored.
-    """
-
-    def __init__(self, n, eps=1e-5):
-        super().__init__()
-        self.register_buffer("weight", torch.ones(n))
-        self.register_buffer("bias", torch.zeros(n))
-        self.register_buffer("running_mean", torch.zeros(n))
-        self.register_buffer("running_var", torch.ones(n))
-        self.eps = eps
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def forward(self, x):
-        w = self.weight.reshape(1, -1, 1, 1)
-        b = self.bias.reshape(1, -1, 1, 1)
-        rv = self.running_var.reshape(1, -1, 1, 1)
-        rm = self.running_mean.reshape(1, -1, 1, 1)
-        scale = w * (rv + self.eps).rsqrt()
-        shift = b - rm * scale
-        return x * scale + shift
-
-    def extra_repr(self):
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 def _masks_for(features: Dict[str, torch.Tensor], mask: torch.Tensor) -> Dict[str, NestedTensor]:
@@ -120,8 +88,7 @@ class Backbone(BackboneBase):
             norm_layer=FrozenBatchNorm2d)
         if pretrained_path and os.path.isfile(pretrained_path):
             result = net.load_state_dict(read_state_dict(pretrained_path), strict=False)
-            logger.info("loaded %s into %s (missing %d, unexpected %d keys)", pretrained_path, name,
-                        len(result.missing_keys), len(result.unexpected_keys))
+            log_load_report(result, pretrained_path, name, logger)  # on rank 0 (common.logging.setup_logging)
         elif pretrained_path:
             logger.warning("backbone weights %s not found: %s keeps its random initialisation "
                            "(put the ImageNet checkpoint there to train as the paper)", pretrained_path, name)

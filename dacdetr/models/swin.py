@@ -7,6 +7,11 @@ that detection checkpoints and the ImageNet classification checkpoints load by n
 
 Inputs of any size are handled by zero padding (to the patch size, to a multiple of the window,
 and to even sizes before patch merging); the padding is cropped away again.
+
+``PatchEmbed``, ``PatchMerging``, ``Mlp``, the window helpers and ``DropPath`` are the shared ones
+of :mod:`common.layers.swin` / :mod:`common.layers.drop` (timm's ``DropPath``, as in the official
+Swin code: kept samples are multiplied by ``1 / keep``, which in training can differ from dividing
+by ``keep`` in the last bit).
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 from common.checkpoint import read_state_dict
+from common.layers.drop import drop_path_or_identity
+from common.layers.swin import Mlp, PatchEmbed, PatchMerging, pad_nhwc, window_partition, window_reverse
 
 __all__ = ["SwinTransformer", "build_swin", "load_swin_pretrained", "SWIN_CONFIGS"]
 
@@ -31,52 +38,6 @@ SWIN_CONFIGS = {
     "swin_large": (192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224),
     "swin_large_window12": (192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384),
 }
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a residual branch per sample with probability ``p`` (training only)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        noise = x.new_empty(shape).bernoulli_(keep)
-        return x * noise / keep
-
-    def extra_repr(self):
-        return f"p={self.p}"
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden, drop=0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-def _to_windows(x, ws):
-    """(B, H, W, C) -> (B * H/ws * W/ws, ws*ws, C)."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws * ws, c)
-
-
-def _from_windows(windows, ws, h, w):
-    """Inverse of :func:`_to_windows`: (B * nW, ws*ws, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // ws) * (w // ws))
-    x = windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
 
 
 class WindowAttention(nn.Module):
@@ -132,9 +93,9 @@ class SwinTransformerBlock(nn.Module):
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x, h, w, shift_mask):
         b, length, c = x.shape
@@ -142,42 +103,19 @@ class SwinTransformerBlock(nn.Module):
             raise ValueError("input feature has wrong size")
         ws = self.window_size
         shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
-        pad_r = (ws - w % ws) % ws
-        pad_b = (ws - h % ws) % ws
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        x = pad_nhwc(self.norm1(x).view(b, h, w, c), ws)
         hp, wp = x.shape[1], x.shape[2]
         if self.shift_size > 0:
             x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
             mask = shift_mask
         else:
             mask = None
-        x = _from_windows(self.attn(_to_windows(x, ws), mask=mask), ws, hp, wp)
+        x = window_reverse(self.attn(window_partition(x, ws).view(-1, ws * ws, c), mask=mask), ws, hp, wp)
         if self.shift_size > 0:
             x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
         x = x[:, :h, :w, :].reshape(b, h * w, c)
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class PatchMerging(nn.Module):
-    """2x2 neighbourhood concat (order: (0,0), (1,0), (0,1), (1,1)) -> LayerNorm -> Linear 4C -> 2C."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.dim = dim
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim)
-
-    def forward(self, x, h, w):
-        b, length, c = x.shape
-        if length != h * w:
-            raise ValueError("input feature has wrong size")
-        x = x.view(b, h, w, c)
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
 
 
 class BasicLayer(nn.Module):
@@ -209,7 +147,7 @@ class BasicLayer(nn.Module):
             for wsl in (slice(0, -ws), slice(-ws, -ss), slice(-ss, None)):
                 region[:, hs, wsl, :] = label
                 label += 1
-        win = _to_windows(region, ws).squeeze(-1)       # nW, ws*ws
+        win = window_partition(region, ws).view(-1, ws * ws)       # nW, ws*ws
         diff = win.unsqueeze(1) - win.unsqueeze(2)
         return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
@@ -223,30 +161,6 @@ class BasicLayer(nn.Module):
         if self.downsample is None:
             return x, h, w, x, h, w
         return x, h, w, self.downsample(x, h, w), (h + 1) // 2, (w + 1) // 2
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` patches -> Conv projection -> optional LayerNorm."""
-
-    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, norm=True):
-        super().__init__()
-        self.patch_size = patch_size
-        self.embed_dim = embed_dim
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim) if norm else None
-
-    def forward(self, x):
-        p = self.patch_size
-        h, w = x.shape[-2:]
-        if w % p:
-            x = F.pad(x, (0, p - w % p))
-        if h % p:
-            x = F.pad(x, (0, 0, 0, p - h % p))
-        x = self.proj(x)
-        if self.norm is not None:
-            hh, ww = x.shape[-2:]
-            x = self.norm(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(-1, self.embed_dim, hh, ww)
-        return x
 
 
 class SwinTransformer(nn.Module):
