@@ -187,3 +187,61 @@ def test_registry_and_default_cfgs():
         assert ctor in dla.list_models() and cfg["num_classes"] == 100
         fp = FPS[f"cifar_{name[:-3]}_{name[-3:]}"]
         assert dict(num_classes=100, **kwargs) == fp["kwargs"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The classifier contract (common.models), the variant table and timm
+# ---------------------------------------------------------------------------------------------------------
+def test_variants_in_timm_and_features_only():
+    import timm
+
+    assert dla.REGISTRY.list_variants(paper=True) == ["dla_b110", "dla_l110"]
+    ours = dla.create_model("dla_l", num_classes=100, depth=110, block_name="bottleneck", drop_path=0.2)
+    theirs = timm.create_model("dla_l110")
+    assert manifest(theirs) == manifest(ours)
+    assert theirs.pretrained_cfg["architecture"] == "dla_l110" and theirs.pretrained_cfg["input_size"] == (3, 32, 32)
+    x = torch.randn(1, 3, 32, 32)
+    for name in ("dla_b", "dla_l", "mrla_base", "dia_resnet"):
+        model = dla.create_model(name, depth=20).eval()
+        net = dla.create_model(name, depth=20, features_only=True, out_indices=(0, -1)).eval()
+        net.load_state_dict({k.replace("stages.", "stages_", 1): v for k, v in model.state_dict().items()
+                             if k.split(".")[0] in ("conv1", "bn1", "stages", "layer1", "layer2", "layer3")})
+        with torch.no_grad():
+            first, last = net(x)
+            assert torch.equal(last, model.forward_features(x))
+        assert first.shape == (1, 64, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["dla_l", "dla_b", "mrla_light"])
+def test_reset_classifier_and_grad_checkpointing(name, monkeypatch):
+    import common.models
+
+    calls = []
+    real = common.models.checkpoint
+    monkeypatch.setattr(common.models, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    ref = dla.create_model(name, num_classes=10, depth=20, drop_path=0.1).double().train()
+    ckpt = dla.create_model(name, num_classes=10, depth=20, drop_path=0.1).double().train()
+    ckpt.load_state_dict(ref.state_dict())
+    ckpt.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    outs = []
+    for m in (ref, ckpt):
+        torch.manual_seed(1)  # the same DropPath masks
+        out = m(x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+    assert len(calls) == 3  # each stage of the checkpointed model
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-12)
+    for (k, a), b in zip(ref.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12, msg=k)
+    from timm.models import group_parameters
+
+    n_params = len(list(ref.parameters()))
+    for coarse, n_groups in ((True, 2 + 3), (False, 2 + 3 * 2)):  # stem, stages or blocks (n = 2), head
+        groups = list(group_parameters(ref, ref.group_matcher(coarse=coarse)).values())
+        assert len(groups) == n_groups and sum(len(g) for g in groups) == n_params
+        assert groups[0] == ["conv1.weight", "bn1.weight", "bn1.bias"] and groups[-1] == ["fc.weight", "fc.bias"]
+    ref.eval().reset_classifier(0)
+    with torch.no_grad():
+        assert torch.equal(ref(x), ref.forward_features(x).mean((2, 3)))

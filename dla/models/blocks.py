@@ -57,7 +57,7 @@ class BasicBlock(_AttnMixin, nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, attn_layer=None, attn_name="se", **_):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, attn_layer=None, attn_name="se"):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)

@@ -19,13 +19,16 @@ official batch-0 context, see :class:`common.layers.layer_attention.DLALightStag
 """
 import math
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common.models
 from common.layers.attention import ECAModule, SEModule
 from common.layers.dia import DIALSTMCell
 from common.layers.layer_attention import (BaseLayerAttentionBranch, DLABaseStage, DLALightStage,
                                            LightLayerAttentionBranch, gap)
+from common.models import ClassifierModel
 
 from ._registry import REGISTRY, cifar_cfg
 from .blocks import (BasicBlock, Bottleneck, BranchBottleneck, MRLABaseBottleneck, MRLALightBottleneck, conv3x3,
@@ -87,32 +90,30 @@ class MRLABaseStage(nn.ModuleList):
         return x
 
 
-class _CifarNet(nn.Module):
+class _CifarNet(ClassifierModel):
     """Stem, three stages, global average pool and ``fc`` (official init: every Conv2d ~ N(0, sqrt(2 / (k*k*
-    out_channels))), BatchNorm 1 / 0; Linear, Conv1d and ``lambda_t`` as constructed)."""
+    out_channels))), BatchNorm 1 / 0; Linear, Conv1d and ``lambda_t`` as constructed). The classifier contract
+    of :mod:`common.models` (``forward_features`` / ``forward_head`` / ``reset_classifier`` / ``feature_info``);
+    its keywords ``in_chans``, ``global_pool``, ``drop_rate`` default to the official model."""
 
-    stage_names = ()
-
-    def __init__(self, arch, depth, num_classes, block_name, drop_path, drop_rate, fix_batch_context=False):
+    def __init__(self, arch, depth, num_classes, block_name, drop_path, *, fix_batch_context=False, in_chans=3,
+                 global_pool="avg", drop_rate=0.0):
         super().__init__()
         self.arch = arch
         self.fix_batch_context = bool(fix_batch_context)
         bottleneck, n = _num_blocks(arch, depth, block_name)
         self.expansion = 4 if bottleneck else 1
         self.depth, self.blocks_per_stage = depth, n
-        self.drop_path_rate, self.drop_rate = float(drop_path), float(drop_rate)
+        self.drop_path_rate = float(drop_path)
         self.inplanes = 16
-        self.conv1 = conv3x3(3, 16)
+        self.conv1 = conv3x3(in_chans, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         self._build_stages(bottleneck, n)
         widths = [p * self.expansion for p in (16, 32, 64)]
         self.feature_info = [dict(num_chs=c, reduction=2 ** i, module=m)
                              for i, (c, m) in enumerate(zip(widths, self.stage_names))]
-        self.num_classes = num_classes
-        self.num_features = widths[-1]
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.init_head(widths[-1], num_classes, global_pool, drop_rate)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
@@ -124,21 +125,6 @@ class _CifarNet(nn.Module):
         out = planes * self.expansion
         return downsample(self.inplanes, out, stride) if stride != 1 or self.inplanes != out else None
 
-    def stem(self, x):
-        return self.relu(self.bn1(self.conv1(x)))
-
-    def forward_features(self, x):
-        """Stem and the three stages: the last stage map ``(B, num_features, H / 4, W / 4)``."""
-        raise NotImplementedError
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = self.global_pool(x).flatten(1)
-        if self.drop_rate > 0.0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 class CifarResNet(_CifarNet):
@@ -148,6 +134,8 @@ class CifarResNet(_CifarNet):
     stage_names = ("layer1", "layer2", "layer3")
 
     def _build_stages(self, bottleneck, n):
+        if self.arch == "dia_resnet":
+            self.blocks_attr = "ModuleList"
         for i, planes in enumerate((16, 32, 64)):
             setattr(self, f"layer{i + 1}", self._stage(bottleneck, planes, n, 1 if i == 0 else 2))
 
@@ -169,9 +157,6 @@ class CifarResNet(_CifarNet):
             blocks.append(block(self.inplanes, planes, stride if i == 0 else 1, ds, **kw))
             self.inplanes = planes * block.expansion
         return DIAStage(blocks, self.inplanes) if arch == "dia_resnet" else nn.Sequential(*blocks)
-
-    def forward_features(self, x):
-        return self.layer3(self.layer2(self.layer1(self.stem(x))))
 
 
 class CifarLayerAttentionNet(_CifarNet):
@@ -205,7 +190,21 @@ class CifarLayerAttentionNet(_CifarNet):
                             fix_batch_context=self.fix_batch_context)
 
     def forward_features(self, x):
-        return self.stages(self.stem(x))
+        """Stem and ``stages`` (each stage under ``torch.utils.checkpoint`` when grad checkpointing is on)."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for stage in self.stages:
+            x = common.models.checkpoint(stage, x, use_reentrant=False) if ckpt else stage(x)
+        return x
+
+    def group_matcher(self, coarse: bool = False):
+        """Stem, then one group per stage (``coarse``) or per block (block ``i`` with its layer-attention
+        branch ``attention.i``; the stage's DSU and DW conv after its last block), then the head."""
+        if coarse:
+            return dict(stem=r"^(?:conv1|bn1)\.", blocks=[(r"^stages\.(\d+)\.", None)])
+        inner = r"\.(\d+)\." if self.arch == "mrla_base" else r"\.(?:layers|attention)\.(\d+)\."
+        return dict(stem=r"^(?:conv1|bn1)\.", blocks=[(r"^stages\.(\d+)" + inner, None),
+                                                      (r"^stages\.(\d+)\.", (99999,))])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -216,52 +215,55 @@ _CFG = cifar_cfg()
 
 @REGISTRY.register(default_cfg=_CFG)
 def dla_l(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, *, fix_batch_context=False,
-          drop_rate=0.0):
-    """DLA-L (dynamic layer attention, light). The README model: ``dla_l(100, 110, 'bottleneck', 0.2)``."""
-    return CifarLayerAttentionNet("dla_l", depth, num_classes, block_name, drop_path, drop_rate, fix_batch_context)
+          **contract):
+    """DLA-L (dynamic layer attention, light). The README model: ``dla_l(100, 110, 'bottleneck', 0.2)``.
+    ``contract``: ``in_chans``, ``global_pool``, ``drop_rate`` (:mod:`common.models`)."""
+    return CifarLayerAttentionNet("dla_l", depth, num_classes, block_name, drop_path,
+                                  fix_batch_context=fix_batch_context, **contract)
 
 
 @REGISTRY.register(default_cfg=_CFG)
 def dla_b(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, *, fix_batch_context=False,
-          drop_rate=0.0):
+          **contract):
     """DLA-B (dynamic layer attention, base). The README model: ``dla_b(100, 110, 'bottleneck', 0.2)``."""
-    return CifarLayerAttentionNet("dla_b", depth, num_classes, block_name, drop_path, drop_rate, fix_batch_context)
+    return CifarLayerAttentionNet("dla_b", depth, num_classes, block_name, drop_path,
+                                  fix_batch_context=fix_batch_context, **contract)
 
 
 @REGISTRY.register(default_cfg=_CFG)
-def mrla_base(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, *, drop_rate=0.0):
+def mrla_base(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, **contract):
     """Static layer attention, base (MRLA-base inside every bottleneck)."""
-    return CifarLayerAttentionNet("mrla_base", depth, num_classes, block_name, drop_path, drop_rate)
+    return CifarLayerAttentionNet("mrla_base", depth, num_classes, block_name, drop_path, **contract)
 
 
 @REGISTRY.register(default_cfg=_CFG)
-def mrla_light(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, *, drop_rate=0.0):
+def mrla_light(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, **contract):
     """Static layer attention, light (MRLA-light inside every bottleneck)."""
-    return CifarResNet("mrla_light", depth, num_classes, block_name, drop_path, drop_rate)
+    return CifarResNet("mrla_light", depth, num_classes, block_name, drop_path, **contract)
 
 
 @REGISTRY.register(default_cfg=_CFG)
-def resnet(num_classes=1000, depth=110, block_name="BasicBlock", drop_path=0.0, *, drop_rate=0.0):
+def resnet(num_classes=1000, depth=110, block_name="BasicBlock", drop_path=0.0, **contract):
     """CIFAR ResNet (``drop_path`` accepted, unused, as officially)."""
-    return CifarResNet("resnet", depth, num_classes, block_name, drop_path, drop_rate)
+    return CifarResNet("resnet", depth, num_classes, block_name, drop_path, **contract)
 
 
 @REGISTRY.register(default_cfg=_CFG)
-def senet(num_classes=1000, depth=110, block_name="BasicBlock", drop_path=0.0, *, drop_rate=0.0):
+def senet(num_classes=1000, depth=110, block_name="BasicBlock", drop_path=0.0, **contract):
     """CIFAR SE-ResNet, SE (r = 16, no biases) after the last BN of every block (``drop_path`` unused)."""
-    return CifarResNet("senet", depth, num_classes, block_name, drop_path, drop_rate)
+    return CifarResNet("senet", depth, num_classes, block_name, drop_path, **contract)
 
 
 @REGISTRY.register(default_cfg=_CFG)
-def ecanet(num_classes=1000, depth=110, block_name="BasicBlock", drop_path=0.0, *, drop_rate=0.0):
+def ecanet(num_classes=1000, depth=110, block_name="BasicBlock", drop_path=0.0, **contract):
     """CIFAR ECA-ResNet, adaptive-kernel ECA after the last BN of every block (``drop_path`` unused)."""
-    return CifarResNet("ecanet", depth, num_classes, block_name, drop_path, drop_rate)
+    return CifarResNet("ecanet", depth, num_classes, block_name, drop_path, **contract)
 
 
 @REGISTRY.register(default_cfg=_CFG)
-def dia_resnet(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, *, drop_rate=0.0):
+def dia_resnet(num_classes=1000, depth=110, block_name="bottleneck", drop_path=0.0, **contract):
     """DLA's CIFAR DIA-ResNet (keys ``layerK.ModuleList.i.*``, ``layerK.lstm.*``; ``drop_path`` unused)."""
-    return CifarResNet("dia_resnet", depth, num_classes, block_name, drop_path, drop_rate)
+    return CifarResNet("dia_resnet", depth, num_classes, block_name, drop_path, **contract)
 
 
 # The named CIFAR variants (CIFAR-100, bottleneck, the README recipe's drop_path 0.2, which the official
@@ -274,3 +276,6 @@ CIFAR_VARIANTS = tuple(
     for arch in ("dla_b", "dla_l", "mrla_base", "mrla_light", "resnet", "senet", "ecanet", "dia_resnet")
     for depth in (110, 164)
 )
+for _row in CIFAR_VARIANTS:
+    REGISTRY.add_variant(_row[0], _row[1], _row[2], pretrained_cfg=_row[3], paper=_row[4])
+del _row

@@ -17,10 +17,10 @@ Differences from the official code that change no number: nothing prints or down
 its arguments; here each call builds a new model with the usual init); zero DSU states follow the input.
 """
 import torch.nn as nn
-import torch.nn.functional as F
 
 from common.layers.attention import ECAModule, SEModule
 from common.layers.layer_attention import DLALightStage, LightLayerAttentionBranch
+from common.models import ClassifierModel
 
 from ._registry import REGISTRY, imagenet_cfg
 from .blocks import Bottleneck, downsample
@@ -33,19 +33,20 @@ __all__ = [
 ]
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierModel):
     """ImageNet ResNet / ResNeXt with optional SE / ECA (official ``models/resnet.py``).
 
     ``se_layout``: ``'linear'`` (``se.fc.{0,2}``, the DLA ResNets) or ``'conv'`` (``se.se.{1,3}``, ``senet_50``).
     Init: Conv2d Kaiming-normal (fan_out, ReLU), norms 1 / 0, and with ``zero_init_last_bn`` every
-    ``bn3.weight`` = 0.
+    ``bn3.weight`` = 0. The classifier contract of :mod:`common.models`; its keywords ``in_chans`` and
+    ``global_pool`` default to the official model (``drop_rate`` is the official argument).
     """
 
     stage_names = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, layers, num_classes=1000, SE=False, ECA=None, zero_init_last_bn=True, groups=1,
                  width_per_group=64, replace_stride_with_dilation=None, norm_layer=nn.BatchNorm2d, drop_rate=0.0,
-                 drop_path=0.0, *, se_layout="linear", fix_batch_context=False):
+                 drop_path=0.0, *, se_layout="linear", fix_batch_context=False, in_chans=3, global_pool="avg"):
         super().__init__()
         norm_layer = norm_layer or nn.BatchNorm2d
         if replace_stride_with_dilation is None:
@@ -58,13 +59,11 @@ class ResNet(nn.Module):
         elif len(ECA) != 4:
             raise ValueError(f"ECA (k_size) should be None or a 4-element list of kernel sizes, got {ECA}")
         self._norm_layer = norm_layer
-        self.num_classes = num_classes
-        self.drop_rate = float(drop_rate)
         self.drop_path_rate = float(drop_path)
         self.fix_batch_context = bool(fix_batch_context)
         self.groups, self.base_width = groups, width_per_group
         self.inplanes, self.dilation = 64, 1
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -77,9 +76,7 @@ class ResNet(nn.Module):
             reduction *= 1 if dilate else stride
             self.feature_info.append(dict(num_chs=planes * Bottleneck.expansion, reduction=reduction,
                                           module=f"layer{i + 1}"))
-        self.num_features = 512 * Bottleneck.expansion
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.init_head(512 * Bottleneck.expansion, num_classes, global_pool, drop_rate)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -115,25 +112,14 @@ class ResNet(nn.Module):
     def _make_layer(self, planes, n, attn, stride=1, dilate=False):
         return nn.Sequential(*self._blocks(planes, n, attn, stride, dilate))
 
-    def forward_features(self, x):
-        """Stem and the four stages: the ``layer4`` map ``(B, 2048, H / 32, W / 32)``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = self.global_pool(x).flatten(1)
-        if self.drop_rate > 0.0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 class ResNetDLAL(ResNet):
     """ResNet whose stages are DLA-L stages (official ``models/resnet_dla_l.py``): keys
     ``layerK.layers.i.*``, ``layerK.attention.i.layer_attention.{lambda_t, mrla.W*}``,
     ``layerK.attention.i.bn_layer_attention.*``, ``layerK.lstm.*`` (DSU r = 16), ``layerK.extict.weight``."""
+
+    blocks_attr = "layers"
 
     def _make_layer(self, planes, n, attn, stride=1, dilate=False):
         blocks = self._blocks(planes, n, attn, stride, dilate, return_shortcut=True)
