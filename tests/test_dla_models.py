@@ -200,6 +200,10 @@ def test_variants_in_timm_and_features_only():
     theirs = timm.create_model("dla_l110")
     assert manifest(theirs) == manifest(ours)
     assert theirs.pretrained_cfg["architecture"] == "dla_l110" and theirs.pretrained_cfg["input_size"] == (3, 32, 32)
+    r50 = timm.create_model("resnet50_dla_l", num_classes=10, drop_rate=0.1)
+    assert manifest(r50) == manifest(dla.create_model("resnet50_dla_l", num_classes=10))
+    assert r50.pretrained_cfg["input_size"] == (3, 224, 224) and r50.drop_rate == 0.1
+    assert type(timm.create_model("resnet50")).__module__.startswith("timm.")  # baselines never shadow timm
     x = torch.randn(1, 3, 32, 32)
     for name in ("dla_b", "dla_l", "mrla_base", "dia_resnet"):
         model = dla.create_model(name, depth=20).eval()

@@ -1,10 +1,10 @@
 """DLA models: CIFAR (:mod:`dla.models.cifar`) and ImageNet (:mod:`dla.models.imagenet`), registered under
 their official names in :data:`REGISTRY`, with the named CIFAR variants (``dla_l110``, ...; the paper's
-``dla_b110`` / ``dla_l110`` also in timm)."""
-from common.timm_compat import register_registry
+``dla_b110`` / ``dla_l110`` also in timm, as are ``resnet50_dla_l`` / ``resnet101_dla_l``)."""
+from common.timm_compat import register_registry, register_timm
 
 from . import cifar, imagenet  # noqa: F401  (registers the constructors)
-from ._registry import CIFAR_MEAN, CIFAR_STD, REGISTRY
+from ._registry import CIFAR_MEAN, CIFAR_STD, REGISTRY, imagenet_cfg
 from .cifar import CIFAR_VARIANTS, CifarLayerAttentionNet, CifarResNet
 from .imagenet import ResNet, ResNetDLAL
 
@@ -40,5 +40,9 @@ def get_variant(name):
     return REGISTRY.get_variant(name)
 
 
-# The paper's variants in timm: timm.create_model('dla_l110') once dla is imported.
+# The paper's models in timm once dla is imported: the CIFAR variants (timm.create_model('dla_l110')) and
+# the ImageNet DLA models under their official names (the plain baselines stay in dla's namespace).
 register_registry(REGISTRY)
+for _name in ("resnet50_dla_l", "resnet101_dla_l"):
+    register_timm(_name, REGISTRY.get(_name), imagenet_cfg(), paper=REGISTRY.name)
+del _name
