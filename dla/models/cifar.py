@@ -126,7 +126,6 @@ class _CifarNet(ClassifierModel):
         return downsample(self.inplanes, out, stride) if stride != 1 or self.inplanes != out else None
 
 
-
 class CifarResNet(_CifarNet):
     """``layer1..3`` stages: ``resnet``, ``senet`` (SE after bn3, r = 16), ``ecanet`` (adaptive-k ECA after
     bn3), ``mrla_light`` (MRLA-light inside each block) and ``dia_resnet`` (one DIA cell per stage)."""
