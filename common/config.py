@@ -20,11 +20,12 @@ run's output folder as ``config.yaml``, atomically.
 """
 import argparse
 import os
-import tempfile
 from pathlib import PurePath
 
 import yaml
 from yacs.config import CfgNode
+
+from common.checkpoint import atomic_write
 
 __all__ = [
     "CfgNode",
@@ -256,22 +257,6 @@ def to_plain(obj):
     return str(obj)
 
 
-def _atomic_write_text(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def dump_run_config(folder, config_or_args, filename="config.yaml"):
     """Write the resolved config of a run into ``folder/filename`` (atomically) and return the path.
 
@@ -283,5 +268,5 @@ def dump_run_config(folder, config_or_args, filename="config.yaml"):
     else:
         text = yaml.safe_dump(to_plain(config_or_args), sort_keys=False, default_flow_style=False)
     path = os.path.join(os.fspath(folder), filename)
-    _atomic_write_text(path, text)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path

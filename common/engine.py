@@ -1,24 +1,26 @@
 """Classification train / eval loops shared by every image-classification script.
 
-AMP via ``torch.amp`` (bf16 or fp16 + GradScaler), channels_last, grad clipping, DropPath schedules, exact
-metric reduction across processes, and a clear stop on a non-finite loss.
+The step itself (AMP via ``torch.amp``, GradScaler, clipping, accumulation, the non-finite decision, EMA and
+per-iteration scheduler hooks) is :mod:`common.train.step`; this module adds channels_last, DDP wrapping, sync-BN,
+DropPath schedules, top-k accuracy (hard or soft targets) and exact metric reduction across processes.
 """
-import math
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import distributed as D
+from .train.step import AmpConfig, NonFiniteLossError, StepResult, TrainStep, unwrap_model
 
 __all__ = [
     "AverageMeter",
     "accuracy",
     "NonFiniteLossError",
     "AmpConfig",
+    "TrainStep",
+    "StepResult",
+    "unwrap_model",
     "amp_from_args",
     "add_engine_args",
     "prepare_model",
@@ -48,40 +50,34 @@ class AverageMeter:
         self.avg = self.sum / self.count if self.count else 0.0
 
 
+def _correct(output, target, topk):
+    """Number of rows whose target is among the ``k`` highest scores, for each ``k`` (float64 counts).
+
+    ``target``: class indices, or 2-D class probabilities (mixup / cutmix / label smoothing) of the same shape as
+    ``output``, read as their argmax class (as timm's training scripts do). ``k`` above the number of classes is
+    clamped to it (every row counts)."""
+    if target.ndim == 2 and target.shape == output.shape and target.is_floating_point():
+        target = target.argmax(1)
+    target = target.reshape(-1)
+    maxk = max(1, min(max(topk), output.shape[1]))
+    _, pred = output.topk(maxk, 1, True, True)
+    hits = pred.eq(target.reshape(-1, 1)).to(_count_dtype(output.device))  # [batch, maxk], one 1 at most per row
+    cum = hits.cumsum(1).sum(0)  # cum[j] = rows with the target among the top j+1
+    return torch.stack([cum[min(k, maxk) - 1] if k > 0 else cum.new_zeros(()) for k in topk])
+
+
+def _count_dtype(device):
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def accuracy(output, target, topk=(1,)):
-    """Top-k accuracies in percent (list of 0-dim tensors), as the official ``utils.eval.accuracy``;
-    zeros for an empty target."""
+    """Top-k accuracies in percent (list of 0-dim tensors), as the official ``utils.eval.accuracy``; zeros for
+    an empty target. Soft (2-D probability) targets count their argmax class; ``k`` larger than the number of
+    classes is clamped."""
     batch = target.shape[0]
     if batch == 0:
         return [torch.zeros([], device=output.device) for _ in topk]
-    maxk = min(max(topk), output.shape[1])
-    _, pred = output.topk(maxk, 1, True, True)
-    correct = pred.t().eq(target.reshape(1, -1).expand_as(pred.t()))
-    return [correct[: min(k, maxk)].reshape(-1).float().sum(0) * (100.0 / batch) for k in topk]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; raised before anything is written for that step."""
-
-
-class AmpConfig:
-    """Which autocast dtype to use (None = fp32) and whether a GradScaler is needed."""
-
-    def __init__(self, dtype=None, device_type="cpu"):
-        self.dtype = dtype
-        self.device_type = device_type
-
-    @property
-    def enabled(self):
-        return self.dtype is not None
-
-    def autocast(self):
-        if not self.enabled:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def make_scaler(self):
-        return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
+    return [c * (100.0 / batch) for c in _correct(output, target, topk).float()]
 
 
 _APEX_LEVELS = {"O0": None, "O1": "fp16", "O2": "fp16", "O3": "fp16"}
@@ -167,8 +163,11 @@ def convert_sync_batchnorm(model):
     return model
 
 
-def prepare_model(model, args, env):
-    """Move to device, optional sync-BN / channels_last / DDP / compile. Returns (model, model_without_ddp)."""
+def prepare_model(model, args=None, env=None, *, find_unused_parameters=False, **ddp_kwargs):
+    """Move to ``env.device``, then the optional sync-BN / channels_last / DDP / torch.compile (flags read from
+    ``args``: ``sync_bn``, ``channels_last``, ``compile``; absent = off). ``find_unused_parameters`` and any other
+    keyword go to DistributedDataParallel. Returns (model, model_without_ddp)."""
+    env = env if env is not None else D.DistEnv()
     model = model.to(env.device)
     if getattr(args, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)
@@ -177,7 +176,8 @@ def prepare_model(model, args, env):
     bare = model
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                    find_unused_parameters=find_unused_parameters, **ddp_kwargs)
     if getattr(args, "compile", False):
         model = torch.compile(model)
     return model, bare
@@ -204,9 +204,9 @@ def _progress(iterable, total, desc, enabled):
     return iterable
 
 
-def _fmt(i, n, data_t, batch_t, loss, top1, top5):
-    return (f"({i}/{n}) Data: {data_t:.3f}s | Batch: {batch_t:.3f}s | Loss: {loss:.4f} | "
-            f"top1: {top1: .4f} | top5: {top5: .4f}")
+def _fmt(i, n, data_t, batch_t, loss, accs):
+    tops = " | ".join(f"{name}: {v: .4f}" for name, v in accs)
+    return f"({i}/{n}) Data: {data_t:.3f}s | Batch: {batch_t:.3f}s | Loss: {loss:.4f} | {tops}"
 
 
 def _to_device(images, target, device, channels_last):
@@ -216,77 +216,82 @@ def _to_device(images, target, device, channels_last):
     return images, target.to(device, non_blocking=True)
 
 
+def _sum_row(loss, output, target, topk, dtype):
+    """[loss * n, correct@k ..., n] of one batch, on the device (no host sync)."""
+    n = target.shape[0]
+    loss_n = loss.detach().to(dtype).reshape(()) * n
+    correct = _correct(output.detach().float(), target, topk).to(dtype)
+    return torch.cat([loss_n.reshape(1), correct, torch.full((1,), float(n), dtype=dtype, device=loss.device)])
+
+
 def train_one_epoch(model, loader, criterion, optimizer, env, amp, scaler=None, epoch=0, clip_grad=None,
-                    channels_last=False, print_freq=20, log=print, topk=(1, 5)):
-    """One epoch. The loss of each rank is weighted by its share of the global batch so the DDP gradient is the
-    gradient of the global-batch mean even when the last batch splits unevenly. Returns dict(loss, top1, top5)
-    averaged over every training image of the epoch (all processes)."""
+                    channels_last=False, print_freq=20, log=print, topk=(1, 5), *, step=None, accum_steps=1,
+                    batch_transform=None):
+    """One epoch through the step core (:class:`common.train.step.TrainStep`).
+
+    The loss of each rank is weighted by its share of the global batch so the DDP gradient is the gradient of the
+    global-batch mean even when the last batch splits unevenly; the non-finite decision is made on that
+    all-reduced loss (one collective per batch carries both), so every process stops together. Metrics stay on
+    the device and are read only every ``print_freq`` batches. ``step``: a TrainStep built by the script (EMA,
+    per-iteration scheduler, accumulation; it then owns amp / scaler / clip_grad), else one is built from
+    ``amp``, ``scaler``, ``clip_grad``, ``accum_steps``. ``batch_transform(images, target)`` runs on the device
+    batch (e.g. timm's Mixup). Returns dict(loss, top1, top5, count) over every training image of the epoch
+    (all processes); ``top{k}`` for each k of ``topk``."""
+    if step is None:
+        step = TrainStep(model, optimizer, amp=amp, scaler=scaler, clip_grad=clip_grad, accum_steps=accum_steps)
     model.train()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct1, correct5, n
+    dtype = _count_dtype(env.device)
+    sums = torch.zeros(2 + len(topk), dtype=dtype, device=env.device)  # loss*n, correct@k..., n
     n_steps = len(loader)
     batch_time, data_time = AverageMeter(), AverageMeter()
     end = time.perf_counter()
-    for step, (images, target) in enumerate(_progress(loader, n_steps, f"epoch {epoch}", env.is_main)):
+    for i, (images, target) in enumerate(_progress(loader, n_steps, f"epoch {epoch}", env.is_main)):
         data_time.update(time.perf_counter() - end)
         images, target = _to_device(images, target, env.device, channels_last)
-        n_local = target.shape[0]
-        n_global = n_local
-        if env.distributed:
-            n_global = int(D.all_reduce_sum(torch.tensor([n_local], device=env.device)).item())
-        with amp.autocast():
+        if batch_transform is not None:
+            images, target = batch_transform(images, target)
+        with step.forward(i, n_steps, epoch):
             output = model(images)
             loss = criterion(output, target)
-        if not torch.isfinite(loss).all():
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}/{n_steps}; stopping before the "
-                f"optimizer step. The last checkpoint written is intact; lower the learning rate or disable AMP."
-            )
-        scaled = loss * (n_local * env.world_size / n_global)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(scaled).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+        row = _sum_row(loss, output, target, topk, dtype)
+        if env.distributed:
+            glob = D.all_reduce_sum(torch.stack([row[0], row[-1]]))  # global loss*n and n
+            weight = (target.shape[0] * env.world_size) / glob[1]
+            step.backward(loss * weight.to(loss.dtype), reduced=glob[0])
         else:
-            scaled.backward()
-            if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-        with torch.no_grad():
-            top1, top5 = accuracy(output.float(), target, topk)
-            sums += torch.tensor([loss.item() * n_local, top1.item() * n_local / 100,
-                                  top5.item() * n_local / 100, n_local], dtype=torch.float64)
+            step.backward(loss, reduced=row[0])
+        sums += row
         batch_time.update(time.perf_counter() - end)
         end = time.perf_counter()
-        if env.is_main and print_freq and ((step + 1) % print_freq == 0 or step + 1 == n_steps):
-            log(_fmt(step + 1, n_steps, data_time.avg, batch_time.avg, sums[0] / sums[3],
-                     100 * sums[1] / sums[3], 100 * sums[2] / sums[3]))
-    return _reduce(sums, env)
+        if env.is_main and print_freq and ((i + 1) % print_freq == 0 or i + 1 == n_steps):
+            s = sums.tolist()
+            log(_fmt(i + 1, n_steps, data_time.avg, batch_time.avg, s[0] / s[-1],
+                     [(f"top{k}", 100 * c / s[-1]) for k, c in zip(topk, s[1:-1])]))
+    return _reduce(sums, env, topk)
 
 
-def _reduce(sums, env):
+def _reduce(sums, env, topk):
     if env.distributed:
-        sums = D.all_reduce_sum(sums.to(env.device)).cpu()
-    n = max(sums[3].item(), 1)
-    return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
-            "count": int(sums[3].item())}
+        sums = D.all_reduce_sum(sums.to(env.device))
+    s = sums.tolist()
+    n = max(s[-1], 1)
+    out = {"loss": s[0] / n}
+    out.update({f"top{k}": 100 * c / n for k, c in zip(topk, s[1:-1])})
+    out["count"] = int(s[-1])
+    return out
 
 
 @torch.no_grad()
 def evaluate(model, loader, criterion, env, amp, channels_last=False, topk=(1, 5)):
-    """Loss and top-1/top-5 over the whole (sharded) loader, summed exactly over processes."""
+    """Loss and top-k accuracies over the whole (sharded) loader, summed exactly over processes (read from the
+    device once, at the end)."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)
+    dtype = _count_dtype(env.device)
+    sums = torch.zeros(2 + len(topk), dtype=dtype, device=env.device)
     for images, target in _progress(loader, len(loader), "eval", env.is_main):
         images, target = _to_device(images, target, env.device, channels_last)
         with amp.autocast():
             output = model(images)
             loss = criterion(output, target)
-        top1, top5 = accuracy(output.float(), target, topk)
-        n = target.shape[0]
-        sums += torch.tensor([loss.item() * n, top1.item() * n / 100, top5.item() * n / 100, n],
-                             dtype=torch.float64)
-    return _reduce(sums, env)
+        sums += _sum_row(loss, output, target, topk, dtype)
+    return _reduce(sums, env, topk)

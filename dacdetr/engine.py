@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from common.train.step import AmpConfig, NonFiniteLossError, TrainStep, unwrap_model
 from dacdetr.datasets.coco_eval import CocoEvaluator
 from dacdetr.util.misc import MetricLogger, SmoothedValue, reduce_dict
 
@@ -14,16 +15,6 @@ __all__ = [
 
 BALANCE_NUM_TRAIN = 3  # one-to-many targets: every gt repeated 3x (normaliser 3 * num_gt)
 BALANCE_NUM_EVAL = 2   # the official eval value (the C-decoder losses are only logged there)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The total loss became NaN/inf; training must stop (the last checkpoint is kept)."""
-
-
-def unwrap_model(model):
-    """The bare detector behind DistributedDataParallel / DataParallel (or the model itself)."""
-    return model.module if isinstance(
-        model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
 
 
 def balance_targets(targets, balance_num):
@@ -42,10 +33,12 @@ def _to_device(samples, targets, device):
     return samples, targets
 
 
-def _autocast(device, enabled):
+def _amp(device, enabled):
+    """The official ``--use_fp16``: fp16 autocast on CUDA, bf16 elsewhere."""
     device = torch.device(device)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+    if not enabled:
+        return AmpConfig()
+    return AmpConfig(torch.float16 if device.type == "cuda" else torch.bfloat16, device.type)
 
 
 # ---------------------------------------------------------------- training
@@ -55,8 +48,11 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, max
 
     Loss = sum(loss_dict[k] * criterion.weight_dict[k]); the criterion is called as
     ``criterion(outputs, targets, balance_targets)`` with the one-to-many targets repeated
-    ``BALANCE_NUM_TRAIN`` times. A non-finite loss raises :class:`NonFiniteLossError` before
-    any parameter is touched.
+    ``BALANCE_NUM_TRAIN`` times. The step is :class:`common.train.step.TrainStep` (clip at ``max_norm``
+    when > 0; the pre-clip grad norm is always logged). The non-finite decision is made on the loss
+    reduced over processes for logging, so every process raises :class:`NonFiniteLossError` together,
+    before any parameter is touched. As in the official code the meters are updated every step, so each
+    step reads its reduced losses (one transfer, before the backward) and the grad norm from the device.
     """
     model.train()
     criterion.train()
@@ -67,12 +63,14 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, max
     header = f"Epoch: [{epoch}]"
     if use_fp16 and scaler is None:
         scaler = torch.amp.GradScaler(torch.device(device).type)
+    step = TrainStep(model, optimizer, amp=_amp(device, use_fp16), scaler=scaler,
+                     clip_grad=max_norm if max_norm > 0 else None, grad_norm=True)
     wandb = _maybe_wandb(use_wandb)
     n_steps = len(data_loader)
 
-    for step, (samples, targets) in enumerate(logger.log_every(data_loader, print_freq, header)):
+    for i, (samples, targets) in enumerate(logger.log_every(data_loader, print_freq, header)):
         samples, targets = _to_device(samples, targets, device)
-        with _autocast(device, use_fp16):
+        with step.forward(i, n_steps, epoch):
             outputs = model(samples, targets)
             loss_dict = criterion(outputs, targets, balance_targets(targets, BALANCE_NUM_TRAIN))
         weight_dict = criterion.weight_dict
@@ -80,34 +78,26 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, max
 
         reduced = reduce_dict(loss_dict)
         reduced_scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
-        reduced_unscaled = {f"{k}_unscaled": v for k, v in reduced.items()}
-        loss_value = float(sum(reduced_scaled.values()))
-        if not math.isfinite(loss_value):
-            bad = sorted(k for k, v in reduced.items() if not torch.isfinite(v).all())
-            raise NonFiniteLossError(
-                f"Loss is {loss_value} at epoch {epoch}, step {step}/{n_steps}; stopping training. "
-                f"Non-finite terms: {bad or 'none (the weighted sum overflowed)'}")
+        # one device-to-host transfer for the logged values: total, scaled terms, unscaled terms
+        total = sum(reduced_scaled.values())
+        if not torch.is_tensor(total):
+            total = torch.zeros((), device=samples.device)
+        host = torch.stack([total.reshape(())]
+                           + [v.reshape(()) for v in reduced_scaled.values()]
+                           + [v.reshape(()) for v in reduced.values()]).tolist()
+        loss_value = host[0]
+        host_scaled = dict(zip(reduced_scaled, host[1:1 + len(reduced_scaled)]))
+        host_reduced = dict(zip(reduced, host[1 + len(reduced_scaled):]))
+        bad = sorted(k for k, v in host_reduced.items() if not math.isfinite(v))
+        result = step.backward(losses, reduced=loss_value,
+                               detail=f"Non-finite terms: {bad or 'none (the weighted sum overflowed)'}")
 
-        optimizer.zero_grad()
-        if scaler is not None:
-            scaler.scale(losses).backward()
-            scaler.unscale_(optimizer)
-        else:
-            losses.backward()
-        params = [p for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-
-        logger.update(loss=loss_value, **reduced_scaled, **reduced_unscaled)
-        if "class_error" in reduced:
-            logger.update(class_error=reduced["class_error"])
-        logger.update(lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm)
+        logger.update(loss=loss_value, **host_scaled, **{f"{k}_unscaled": v for k, v in host_reduced.items()})
+        if "class_error" in host_reduced:
+            logger.update(class_error=host_reduced["class_error"])
+        logger.update(lr=optimizer.param_groups[0]["lr"], grad_norm=result.grad_norm)
         if wandb is not None:
-            wandb.log({k: float(v) for k, v in reduced.items()})
+            wandb.log(host_reduced)
 
     logger.synchronize_between_processes()
     print("Averaged stats:", logger, flush=True)

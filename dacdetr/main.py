@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from common.checkpoint import (CheckpointError, TrainingCheckpointer, add_trust_arg, load_checkpoint, save_checkpoint,
+                               seed_everything)
 from common.config import dump_run_config
 from common.data import ContiguousDistributedSampler
 from common.distributed import add_dist_args, barrier, get_rank, init_distributed, is_main_process
+from common.engine import prepare_model
 from common.logging import setup_logging
 
 __all__ = ["get_args_parser", "main", "build_param_groups", "resolve_device"]
@@ -111,6 +113,7 @@ def get_args_parser():
     p.add_argument("--device", default="cuda", help="device to use for training / testing (falls back to cpu)")
     p.add_argument("--seed", default=42, type=int)
     p.add_argument("--resume", default="", help="resume from checkpoint")
+    add_trust_arg(p)
     p.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     p.add_argument("--num_workers", default=2, type=int)
     p.add_argument("--cache_mode", default=False, action="store_true", help="whether to cache images on memory")
@@ -186,10 +189,7 @@ def _resume(args, model_without_ddp, optimizer, lr_scheduler):
     """Official resume semantics: non-strict model load (ignoring *total_params/*total_ops),
     optimizer + scheduler restored (lr / initial_lr / step_size / gamma taken from the current
     flags), training continues at checkpoint epoch + 1."""
-    if args.resume.startswith("https"):
-        ckpt = torch.hub.load_state_dict_from_url(args.resume, map_location="cpu", check_hash=True)
-    else:
-        ckpt = load_checkpoint(args.resume, map_location="cpu")
+    ckpt = load_checkpoint(args.resume, map_location="cpu", trust=getattr(args, "trust_checkpoint", False))
     state = ckpt["model"]
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -255,14 +255,12 @@ def main(args):
         optimizer = torch.optim.AdamW(param_dicts, lr=args.lr, weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
 
-    if env.distributed:
-        ids = [env.local_rank] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        model_without_ddp = model.module
+    # the official DDP wrap (device_ids=[gpu], every parameter used: find_unused_parameters=False)
+    model, model_without_ddp = prepare_model(model, None, env, find_unused_parameters=False)
     base_ds = get_coco_api_from_dataset(ds_val)
 
     if args.frozen_weights is not None:
-        ckpt = load_checkpoint(args.frozen_weights, map_location="cpu")
+        ckpt = load_checkpoint(args.frozen_weights, map_location="cpu", trust=getattr(args, "trust_checkpoint", False))
         model_without_ddp.detr.load_state_dict(ckpt["model"])
 
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -295,10 +293,10 @@ def main(args):
             sys.exit(1)
         lr_scheduler.step()
         if output_dir is not None and is_main_process():
-            ckpt = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": args}
-            for path in (output_dir / "checkpoint.pth", output_dir / f"checkpoint{epoch:04}.pth"):
-                save_checkpoint(ckpt, path)
+            # official keys; args as a plain dict so the file loads with weights_only=True
+            TrainingCheckpointer(output_dir, "checkpoint.pth", keys={"scheduler": "lr_scheduler"}).save(
+                model=model_without_ddp, optimizer=optimizer, scheduler=lr_scheduler, epoch=epoch, rng=False,
+                copies=[f"checkpoint{epoch:04}.pth"], extra={"args": args})
         barrier()
 
         test_stats, evaluator = evaluate(model, criterion, postprocessors, dl_val, base_ds, device, **eval_kw)
@@ -324,7 +322,7 @@ def cli(argv=None):
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     try:
         main(args)
-    except FileNotFoundError as e:  # missing data / checkpoint: one clear message, no traceback
+    except (FileNotFoundError, CheckpointError) as e:  # missing data / bad checkpoint: one message, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

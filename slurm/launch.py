@@ -21,6 +21,9 @@ process, so the script's own ``torch.distributed`` code (``env://``) sees a torc
 Preemption / time limit: SLURM sends SIGUSR2 ahead of the end (``--signal-delay``); submitit's
 handler then requeues the job. When the job starts again (also after ``scontrol requeue``) the
 script is given ``--resume <its last checkpoint>``, so it continues after the last finished epoch.
+The last checkpoint is the file named by the ``last_checkpoint`` pointer that
+``common.checkpoint.TrainingCheckpointer`` writes into the script's run folder; folders without a
+pointer fall back to the checkpoint file name in the script table.
 """
 from __future__ import annotations
 
@@ -83,7 +86,9 @@ class ScriptSpec:
         rewrites it to give each job-array configuration its own folder).
     dir_default: that flag's default value.
     checkpoint: where the resumable checkpoint lies, a template over ``{dir}`` and the values of
-        ``options``; may hold glob wildcards (the newest match is used).
+        ``options``; may hold glob wildcards. Its folder is the run folder: the file named by the
+        ``last_checkpoint`` pointer there wins; the template itself (newest match) is the fallback
+        for folders without a pointer.
     resume_option: the flag that takes the checkpoint file to resume from.
     options: other values the template needs: name -> (option strings, default).
     parser: name of a module-level function of the script that returns its argparse parser
@@ -202,11 +207,19 @@ def set_option(args, flags, value):
 
 
 def checkpoint_path(spec, args):
-    """The newest checkpoint file the script would resume from, or None."""
+    """The newest checkpoint file the script would resume from, or None: the file the run folder's
+    ``last_checkpoint`` pointer names, else the newest match of the table's file name."""
+    from common.checkpoint import find_last_checkpoint
+
     values = {"dir": option_value(args, spec.dir_option, spec.dir_default) or "."}
     for name, (flags, default) in spec.options_dict.items():
         values[name] = option_value(args, flags, default) or ""
     pattern = spec.checkpoint.format(**values)
+    folder = os.path.dirname(pattern) or "."
+    folders = [f for f in glob.glob(folder) if os.path.isdir(f)] if glob.has_magic(folder) else [folder]
+    pointed = [p for p in (find_last_checkpoint(f) for f in folders) if p is not None]
+    if pointed:
+        return max(pointed, key=lambda m: (os.path.getmtime(m), _natural_key(m)))
     if glob.has_magic(pattern):
         matches = [m for m in glob.glob(pattern) if os.path.isfile(m)]
         if not matches:
@@ -648,11 +661,20 @@ def prepare(argv):
     return opts, spec, script_path, points, params, folder
 
 
+def _require_submitit():
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise LaunchError("submitit is not installed: slurm/launch.py needs the 'slurm' extra; install it with "
+                          "pip install -e '.[slurm]'") from None
+
+
 def launch(argv, out=None):
     """Do what the command line says; returns the submitit jobs (an empty list for --dry-run).
     Raises LaunchError for anything found wrong before submission."""
     out = out or sys.stdout
     opts, spec, script_path, points, params, folder = prepare(argv)
+    _require_submitit()
     if opts.dry_run:
         out.write(sbatch_script(params, folder, opts.python, map_count=len(points)) + "\n")
         for label, args in points:

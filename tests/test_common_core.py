@@ -61,13 +61,6 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert sorted(os.listdir(path.parent)) == ["checkpoint.pth.tar"]  # no temp file left behind
 
 
-def test_save_official_best_copy(tmp_path):
-    ckpt.save_official({"epoch": 1, "acc": 10.0}, True, tmp_path)
-    ckpt.save_official({"epoch": 2, "acc": 5.0}, False, tmp_path)
-    assert ckpt.load_checkpoint(tmp_path / "checkpoint.pth.tar")["epoch"] == 2
-    assert ckpt.load_checkpoint(tmp_path / "model_best.pth.tar")["epoch"] == 1
-
-
 def test_missing_checkpoint_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         ckpt.load_checkpoint(tmp_path / "nothere.pth")
@@ -97,7 +90,7 @@ def test_read_state_dict_unwraps_and_strips_module(tmp_path):
     ckpt.save_checkpoint({"module.fc.weight": a, "fc.bias": b}, tmp_path / "plain.pth")
     sd = ckpt.read_state_dict(tmp_path / "plain.pth")
     assert sorted(sd) == ["fc.bias", "fc.weight"] and torch.equal(sd["fc.weight"], a)
-    # training checkpoints: "model" / "state_dict" sub-dicts; a non-tensor object needs the full unpickle
+    # training checkpoints: "model" / "state_dict" sub-dicts; argparse.Namespace is on the safe allow-list
     ckpt.save_checkpoint({"model": {"module.w": a}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "ckpt.pth")
     assert list(ckpt.read_state_dict(tmp_path / "ckpt.pth")) == ["w"]
     ckpt.save_checkpoint({"state_dict": {"w": b}, "model": {"x": a}}, tmp_path / "sd.pth")

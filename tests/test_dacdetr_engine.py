@@ -217,10 +217,11 @@ def test_main_checkpoints_log_and_resume(demo_root, tmp_path, monkeypatch, capsy
     made = _patch_model(monkeypatch)
     out = tmp_path / "out"
     dmain.main(_args(demo_root, "--output_dir", str(out), "--epochs", "1", "--lr_drop", "1"))
-    ck = torch.load(out / "checkpoint.pth", weights_only=False)
+    ck = torch.load(out / "checkpoint.pth", weights_only=True)
     assert set(ck) == {"model", "optimizer", "lr_scheduler", "epoch", "args"}
-    assert ck["epoch"] == 0 and ck["args"].epochs == 1
+    assert ck["epoch"] == 0 and ck["args"]["epochs"] == 1  # args: a plain dict (weights_only=True loads it)
     assert (out / "checkpoint0000.pth").exists() and (out / "eval" / "latest.pth").exists()
+    assert (out / "last_checkpoint").read_text().strip() == "checkpoint.pth"
     assert (out / "eval" / "000.pth").exists()  # epoch % 50 == 0
     assert ck["lr_scheduler"]["last_epoch"] == 1 and ck["lr_scheduler"]["step_size"] == 1
     assert [len(g["params"]) for g in ck["optimizer"]["param_groups"]] == [2, 2, 2]
@@ -244,7 +245,7 @@ def test_main_checkpoints_log_and_resume(demo_root, tmp_path, monkeypatch, capsy
     dmain.main(args)
     assert args.start_epoch == 1
     resumed = made[1]
-    ck1 = torch.load(out / "checkpoint0001.pth", weights_only=False)
+    ck1 = torch.load(out / "checkpoint0001.pth", weights_only=True)
     assert ck1["epoch"] == 1 and ck1["lr_scheduler"]["last_epoch"] == 2
     assert ck1["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * 0.01)
     assert [r["epoch"] for r in map(json.loads, (out / "log.txt").read_text().splitlines())] == [0, 1]
@@ -276,7 +277,7 @@ def test_main_nan_keeps_last_good_checkpoint(demo_root, tmp_path, monkeypatch, c
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "epoch 1, step 1/4" in err and "checkpoint.pth" in err
-    assert torch.load(out / "checkpoint.pth", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 0
     assert not (out / "checkpoint0001.pth").exists()
 
 
@@ -321,7 +322,7 @@ def test_main_two_processes_gloo(demo_root, tmp_path):
     assert "[1/2]" in r.stdout and "[2/2]" not in r.stdout
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert len(log) == 1 and len(log[0]["test_coco_eval_bbox"]) == 12  # written once (rank 0)
-    ck = torch.load(out / "checkpoint0000.pth", weights_only=False)
+    ck = torch.load(out / "checkpoint0000.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in ck["model"])
 
 

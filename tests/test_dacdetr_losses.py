@@ -706,7 +706,7 @@ def test_criterion_on_cuda_matches_cpu():
 def test_criterion_matches_official_values():
     """Loss values and gradient sums of the official DAC-DETR ``SetCriterion`` (commit a186a20, run on
     CPU with its ``.cuda()`` calls removed) on the synthetic outputs of :func:`make_outputs`."""
-    data = torch.load(Path(__file__).parent / "data" / "dacdetr" / "criterion_official.pt", weights_only=False)
+    data = torch.load(Path(__file__).parent / "data" / "dacdetr" / "criterion_official.pt", weights_only=True)
     crit = _toy_criterion()
     for case in data["cases"]:
         gen = torch.Generator().manual_seed(case["seed"])

@@ -37,7 +37,7 @@ def _args(flags, *extra):
 
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(DATA, weights_only=False)
+    return torch.load(DATA, weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ TOL = 1e-10
 
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(DATA, weights_only=False)
+    return torch.load(DATA, weights_only=True)
 
 
 _MODELS = {}

@@ -33,7 +33,7 @@ FINGERPRINTS = {fp: (dianet.get_variant(v).model, dianet.get_variant(v).build_kw
 
 
 def _load(name):
-    return torch.load(os.path.join(DATA, name + ".pt"), weights_only=False)
+    return torch.load(os.path.join(DATA, name + ".pt"), weights_only=True)
 
 
 def _n_params(model):

@@ -66,7 +66,8 @@ def test_resume_after_kill_reproduces_uninterrupted_run(demo_root, tmp_path):
     proc.wait()
     assert seen_epoch2 and len(_rows(cut)) == 1
     ckpt_file = cut / "checkpoint.pth.tar"
-    assert torch.load(ckpt_file, weights_only=False)["epoch"] == 1
+    assert torch.load(ckpt_file, weights_only=True)["epoch"] == 1
+    assert (cut / "last_checkpoint").read_text().strip() == "checkpoint.pth.tar"
     run_script(_args(demo_root, cut, "--epochs", "2", "--schedule", "1", "--resume", str(ckpt_file)), check=True)
     assert _rows(cut) == rows  # identical losses and accuracies, no duplicated rows
 
@@ -153,11 +154,8 @@ def test_lr_rule_is_the_official_one():
     """Officially lr starts at --lr at --start-epoch and is multiplied by gamma at the start of each epoch that
     is *in* --schedule; after --resume ours follows the schedule from epoch 0 (a deliberate fix)."""
     import argparse
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("dianet_cifar", os.path.join(ROOT, SCRIPT))
-    cifar = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cifar)
+    from common.train import cifar
 
     def official(lr, gamma, schedule, start, epochs):  # the official loop, state['lr'] mutated in place
         state, out = lr, []

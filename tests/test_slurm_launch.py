@@ -330,7 +330,7 @@ def test_slurm_requeue_resumes_from_checkpoint(dianet_requeued_job):
     assert len(text) == 1 + 2 and len(set(text)) == len(text)  # header + one row per epoch, none repeated
     import torch
 
-    state = torch.load(work / "ddp" / "checkpoint.pth.tar", map_location="cpu", weights_only=False)
+    state = torch.load(work / "ddp" / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2
 
 
