@@ -181,4 +181,6 @@ def feature_net(model, out_indices=None, **kwargs):
         from timm.models import FeatureHookNet
 
         return FeatureHookNet(model, out_indices=out_indices, no_rewrite=False, **kwargs)
+    # stage maps named inside a top-level Sequential ('stages.0') need timm's one-level flattening
+    kwargs.setdefault("flatten_sequential", any("." in i["module"] for i in model.feature_info))
     return FeatureListNet(model, out_indices=out_indices, **kwargs)

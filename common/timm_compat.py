@@ -3,8 +3,8 @@
 
 Every variant a paper's registry marks ``paper=True`` is registered by :func:`register_registry` (the
 paper's models module calls it on import). The entrypoints live in a module of their own,
-``common.timm_compat.<paper>`` (in ``sys.modules``, with its ``default_cfgs``), so timm lists them under
-the paper's name (``timm.list_models(module='dianet')``) and nothing is written into the paper's modules.
+``common.timm_compat.layerzoo_<paper>`` (in ``sys.modules``, with its ``default_cfgs``), so timm lists them under
+``layerzoo_<paper>`` (``timm.list_models(module='layerzoo_dianet')``) and nothing is written into the paper's modules.
 A name timm already has is never overwritten.
 
 timm's standard keyword arguments (those ``timm``'s ``train.py`` passes) are mapped as follows:
@@ -41,8 +41,10 @@ _NO_WEIGHTS = ("no weights are downloaded; build with pretrained=False and load 
 
 
 def timm_module(paper):
-    """The module (``common.timm_compat.<paper>``) that holds a paper's timm entrypoints and ``default_cfgs``."""
-    name = f"{__name__}.{paper}"
+    """The module (``common.timm_compat.layerzoo_<paper>``) that holds a paper's timm entrypoints and
+    ``default_cfgs``; timm lists them under ``module='layerzoo_<paper>'`` (a name of its own: timm already has a
+    ``dla`` module, Deep Layer Aggregation)."""
+    name = f"{__name__}.layerzoo_{paper}"
     mod = sys.modules.get(name)
     if mod is None:
         mod = types.ModuleType(name, f"timm entrypoints of {paper}'s named variants (see {__name__}).")

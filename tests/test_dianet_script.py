@@ -109,6 +109,9 @@ def test_foreign_checkpoint_and_nan_loss(demo_root, tmp_path):
     run_script(_args(demo_root, good, "--epochs", "1"), check=True)
     ckpt_file = good / "checkpoint.pth.tar"
     before = ckpt_file.read_bytes()
+    from PIL import Image
+
+    assert Image.open(good / "log.png").size[0] > 400  # the learning curves, drawn at the end of the run
 
     # -e evaluates the checkpoint and reproduces the accuracy logged for its epoch; pointed at the training
     # folder itself it leaves the training logs as they were.

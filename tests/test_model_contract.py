@@ -352,14 +352,14 @@ def test_timm_registration_does_not_shadow_or_pollute():
 
     for r in REGISTRIES:
         names = [v.name for v in r.variants(paper=True)]
-        assert sorted(timm.list_models(module=r.name)) == sorted(names)
+        assert sorted(timm.list_models(module="layerzoo_" + r.name)) == sorted(names)
         mod = PAPER_MODULES[r.name]
         for name in names:
-            assert model_entrypoint(name).__module__ == f"common.timm_compat.{r.name}"
+            assert model_entrypoint(name).__module__ == f"common.timm_compat.layerzoo_{r.name}"
             assert not hasattr(mod, name) and not hasattr(mod.models, name)
             assert name not in mod.__all__ and name not in mod.models.__all__
         assert not hasattr(mod.models, "default_cfgs")
     assert register_timm("resnet50", lambda **kw: None, {}) is False
     assert model_entrypoint("resnet50").__module__ == "timm.models.resnet"
     assert register_timm("dia_resnet164", lambda **kw: None, {}) is True  # already ours: unchanged
-    assert model_entrypoint("dia_resnet164").__module__ == "common.timm_compat.dianet"
+    assert model_entrypoint("dia_resnet164").__module__ == "common.timm_compat.layerzoo_dianet"

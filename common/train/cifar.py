@@ -13,7 +13,7 @@ What it adds to the official script: ``--data-root`` / ``--demo`` (the bundled d
 :func:`common.engine.add_engine_args`, multi-process training (torchrun / ``torch.distributed.launch``) where
 each global batch is cut into per-rank shards, safe ``--resume`` (``--trust-checkpoint`` for a trusted file
 that needs a full unpickle), an exact resume (RNG, data order, learning rate), ``config.yaml`` with the
-resolved flags, ``log.jsonl`` and TensorBoard next to ``log.txt``, and one clear message for every bad input.
+resolved flags, ``log.jsonl``, TensorBoard and ``log.png`` (the learning curves) next to ``log.txt``, and one clear message for every bad input.
 """
 import argparse
 import os
@@ -30,6 +30,7 @@ from common import distributed as D
 from common import engine
 from common.config import dump_run_config
 from common.logging import JsonlLogger, OfficialLogger, TBWriter, setup_logging
+from common.plots import plot_curves, read_jsonl
 from common.registry import UnknownModelError
 
 __all__ = ["get_parser", "lr_at", "checkpointer", "build_loaders", "run", "cli", "OFFICIAL_COLUMNS"]
@@ -219,6 +220,8 @@ def run(args, build_model, model_names, *, columns=OFFICIAL_COLUMNS, title_prefi
         D.barrier()
     logger.close()
     tb.close()
+    if env.is_main:  # the learning curves as a picture (the official script plots log.eps)
+        plot_curves(read_jsonl(jsonl.path), os.path.join(args.checkpoint, "log.png"), title=title_prefix + args.arch)
     log("Best acc:")
     log(best_acc)
     return {"best_acc": best_acc}
