@@ -388,3 +388,28 @@ def test_odd_input_size_matches_the_official_backbone(name, variant):
               for s in ("weight", "bias", "running_mean", "running_var")}
         out = F.batch_norm(y[i], bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"], False, 0.0, 1e-5)
         assert rel_err(out[:, ::step], fp["output"][key]) <= 1e-10, key
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints in the official layout
+# ------------------------------------------------------------------------------------------
+def test_official_checkpoint_layout_loads_strictly(tmp_path):
+    """A checkpoint as the official utils.save_checkpoint writes it (model, optimizer, lr_scheduler,
+    max_accuracy, epoch, the pickled yacs config, apex amp state) loads safely and strictly; a checkpoint
+    of another variant (static into dynamic) is refused with the mismatching keys named."""
+    from common.checkpoint import CheckpointMismatchError, load_state_dict_strict, read_state_dict
+    from dwnet.config import load_config
+
+    torch.manual_seed(0)
+    src = dwnet.create_model("dynamic_dwnet_tiny", depths=(1, 1, 1, 1))
+    path = tmp_path / "ckpt_epoch_0.pth"
+    torch.save({"model": src.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {},
+                "max_accuracy": 0.0, "epoch": 0, "config": load_config("dynamic_dwnet_tiny_patch4_window7_224"),
+                "amp": {"loss_scaler0": {"loss_scale": 65536.0, "unskipped": 0}}}, path)
+    torch.manual_seed(1)
+    dst = load_state_dict_strict(dwnet.create_model("dynamic_dwnet_tiny", depths=(1, 1, 1, 1)),
+                                 read_state_dict(path), source=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    with pytest.raises(CheckpointMismatchError, match="conv.conv1.weight"):
+        load_state_dict_strict(dwnet.create_model("dwnet_tiny", depths=(1, 1, 1, 1)), read_state_dict(path),
+                               source=str(path))
