@@ -64,3 +64,83 @@ def test_bad_arch_and_block_name_are_one_message(demo_root, tmp_path):
                        "-c", str(tmp_path / "b"), "--workers", "0"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "block_name='basicblock' is not available" in proc.stderr and "--block-name" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------------
+# dla/train.py (ImageNet script) on the demo ImageFolder
+# ------------------------------------------------------------------------------------------------------
+TRAIN = os.path.join("dla", "train.py")
+CURVES = ("loss_plot.txt", "valloss_plot.txt", "train_acc1.txt", "train_acc5.txt", "val_acc1.txt", "val_acc5.txt")
+
+
+def _curve(folder, name):
+    return [(int(e), float(v)) for e, v in (line.split() for line in (folder / name).read_text().splitlines())]
+
+
+@pytest.mark.slow
+def test_train_torchrun_two_gloo_processes_then_resume(tmp_path):
+    from common.ports import free_port
+    from slurm import launch as L
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    tiny = [TRAIN, str(data), "--demo", "-a", "resnet50_dla_l", "--img-size", "32", "-b", "16", "-j", "0",
+            "--steps-per-epoch", "2", "-p", "0", "--seed", "5", "--work-dir", str(work), "--action", "demo",
+            "--wd-la", "0"]
+    run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *tiny, "--epochs", "1"],
+               check=True)
+    run = work / "resnet50_dla_l_demo"
+    first = {n: _curve(run, n) for n in CURVES}
+    assert all(len(v) == 1 and v[0][0] == 0 for v in first.values())  # rank 0 alone, plain "epoch value"
+    state = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    assert state["epoch"] == 1 and isinstance(state["best_acc1"], float) and state["arch"] == "resnet50_dla_l"
+    assert abs(state["best_acc1"] - first["val_acc1.txt"][0][1]) < 1e-5
+    assert "module.layer1.extict.weight" in state["state_dict"] and "optimizer" in state
+    wd = {g["weight_decay"]: g["param_names"] for g in state["optimizer"]["param_groups"]}
+    assert set(wd) == {1e-4, 0.0} and all("layer_atten" in n for n in wd[0.0])
+    assert not any("layer_atten" in n for n in wd[1e-4]) and any(".lstm." in n for n in wd[1e-4])
+    assert (run / "model_best.pth.tar").is_file() and (run / "last_checkpoint").read_text().strip() == \
+        "checkpoint.pth.tar"
+    # slurm/launch.py finds that checkpoint for the same arguments, and its parser check accepts them
+    spec = L.SCRIPTS["dla/train.py"]
+    assert L.checkpoint_path(spec, tiny[1:]) == str(run / "checkpoint.pth.tar")
+    assert L.validate_script_args(spec, L.REPO_ROOT / spec.path, tiny[1:])
+
+    # resumed through --multiprocessing-distributed (one process on a CPU-only node): continues at epoch 1
+    proc = run_script([*tiny, "--epochs", "2", "--resume", str(run / "checkpoint.pth.tar"),
+                       "--multiprocessing-distributed", "--world-size", "1", "--rank", "0",
+                       "--dist-url", f"tcp://127.0.0.1:{free_port()}"], check=True)
+    assert "Epoch: [1]" in proc.stdout and "Epoch: [0]" not in proc.stdout
+    second = {n: _curve(run, n) for n in CURVES}
+    assert all(second[n][0] == first[n][0] and [e for e, _ in second[n]] == [0, 1] for n in CURVES)
+    assert torch.load(run / "checkpoint.pth.tar", weights_only=True)["epoch"] == 2
+
+
+def test_train_bad_inputs_are_one_message(tmp_path):
+    proc = run_script([TRAIN, "--demo", "--work-dir", str(tmp_path)])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown architecture -a 'dla_50'" in proc.stderr and "resnet50_dla_l" in proc.stderr
+    proc = run_script([TRAIN, str(tmp_path / "imagenet"), "-a", "resnet50_dla_l", "--work-dir", str(tmp_path)])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "imagenet" / "train") in proc.stderr and "--demo" in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_train_flags_are_the_official_ones():
+    from dla import train
+
+    a = train.get_parser().parse_args(["/data"])
+    assert (a.arch, a.work_dir, a.workers, a.epochs, a.warmup_epochs, a.warmup_lr, a.batch_size, a.lr) == \
+        ("dla_50", "work_dirs", 16, 100, 0, 1e-4, 256, 0.1)
+    assert (a.momentum, a.weight_decay, a.wd_la, a.drop, a.drop_path, a.print_freq, a.world_size, a.rank) == \
+        (0.9, 1e-4, 1e-4, 0.0, 0.2, 10, -1, -1)
+    assert (a.dist_url, a.dist_backend, a.seed, a.gpu, a.multiprocessing_distributed, a.action) == \
+        ("tcp://127.0.0.1:12345", "nccl", None, None, False, "")
+    assert train.run_dir(train.get_parser().parse_args(["/d", "-a", "resnet50", "--action", "x"])) == \
+        os.path.join("work_dirs", "resnet50_x")
+    # one group when --wd-la equals --wd (as officially), every parameter decayed
+    import dla as D
+
+    model = D.create_model("resnet50", num_classes=10, drop_path=0.2)  # the baselines accept drop_path
+    opt = train.build_optimizer(model, a)
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-4]
+    assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
