@@ -144,3 +144,42 @@ def test_train_flags_are_the_official_ones():
     opt = train.build_optimizer(model, a)
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4]
     assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
+
+
+# ------------------------------------------------------------------------------------------------------
+# dla/run.sh
+# ------------------------------------------------------------------------------------------------------
+def _bash(args, **env):
+    import subprocess
+
+    from conftest import ROOT
+
+    return subprocess.run(["bash", os.path.join("dla", "run.sh"), *args], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=60)
+
+
+def test_run_sh_without_data_says_where_and_the_demo(tmp_path):
+    for recipe, where in (("cifar", tmp_path / "cifar-100-python"), ("imagenet", tmp_path / "imagenet" / "train")):
+        proc = _bash([recipe], DATA_ROOT=str(tmp_path), IMAGENET=str(tmp_path / "imagenet"))
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert str(where) in proc.stderr and "--demo" in proc.stderr
+
+
+def test_run_sh_commands_are_the_official_ones_and_parse():
+    import shlex
+
+    from dla import cifar, train
+
+    proc = _bash(["all"], DRY_RUN="1", DATA_ROOT="datasets", IMAGENET="/data/imagenet", PYTHON="python")
+    assert proc.returncode == 0, proc.stderr
+    cmds = [shlex.split(line[2:]) for line in proc.stdout.splitlines()]
+    assert [c[1] for c in cmds] == ["dla/cifar.py", "dla/cifar.py", "dla/train.py"]
+    a = cifar.get_parser().parse_args(cmds[0][2:])
+    assert (a.arch, a.depth, a.block_name, a.dataset, a.train_batch, a.lr, a.epochs, a.schedule, a.drop_path,
+            a.gamma, a.weight_decay, a.checkpoint) == ("dla_b", 20, "bottleneck", "cifar100", 128, 0.1, 180,
+                                                       [100, 150], 0.2, 0.1, 1e-4, "checkpoints/cifar100/resnet-20/dla-b-20")
+    assert cifar.get_parser().parse_args(cmds[1][2:]).checkpoint == "checkpoints/cifar100/resnet-110/dla-b-110"
+    t = train.get_parser().parse_args(cmds[2][2:])
+    assert (t.data, t.arch, t.batch_size, t.epochs, t.warmup_epochs, t.world_size, t.rank, t.workers) == \
+        ("/data/imagenet", "resnet50_dla_l", 256, 100, 3, 1, 0, 10)
