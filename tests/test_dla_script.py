@@ -115,6 +115,31 @@ def test_train_torchrun_two_gloo_processes_then_resume(tmp_path):
     assert torch.load(run / "checkpoint.pth.tar", weights_only=True)["epoch"] == 2
 
 
+
+@pytest.mark.slow
+def test_train_foreign_checkpoint_and_nan_loss(tmp_path):
+    import dla
+    from dla import train
+
+    # a resnet50_dla_l checkpoint in the official layout, given to -a resnet50: one message naming the keys
+    model = dla.create_model("resnet50_dla_l", num_classes=10)
+    args = train.get_parser().parse_args(["--demo"])
+    path = train.checkpointer(tmp_path / "dla").save(model=model, optimizer=train.build_optimizer(model, args),
+                                                     epoch=1, best_metric=10.0)
+    before = open(path, "rb").read()
+    common = [TRAIN, str(tmp_path / "data"), "--demo", "--img-size", "32", "-b", "16", "-j", "0", "-p", "0",
+              "--steps-per-epoch", "3", "--seed", "1"]
+    proc = run_script([*common, "-a", "resnet50", "--work-dir", str(tmp_path / "w1"), "--resume", path])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "missing keys" in proc.stderr and "unexpected keys" in proc.stderr and "layer1.layers.0." in proc.stderr
+    assert open(path, "rb").read() == before and not (tmp_path / "w1").exists()
+    # a diverging run stops at the first non-finite loss, naming the step, with nothing half-written
+    proc = run_script([*common, "-a", "resnet50_dla_l", "--work-dir", str(tmp_path / "w2"), "--lr", "1e12"])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "non-finite loss" in proc.stderr and "epoch 0, step" in proc.stderr and "(none written yet)" in proc.stderr
+    assert not (tmp_path / "w2" / "resnet50_dla_l_" / "checkpoint.pth.tar").exists()
+
+
 def test_train_bad_inputs_are_one_message(tmp_path):
     proc = run_script([TRAIN, "--demo", "--work-dir", str(tmp_path)])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -177,8 +202,9 @@ def test_run_sh_commands_are_the_official_ones_and_parse():
     assert [c[1] for c in cmds] == ["dla/cifar.py", "dla/cifar.py", "dla/train.py"]
     a = cifar.get_parser().parse_args(cmds[0][2:])
     assert (a.arch, a.depth, a.block_name, a.dataset, a.train_batch, a.lr, a.epochs, a.schedule, a.drop_path,
-            a.gamma, a.weight_decay, a.checkpoint) == ("dla_b", 20, "bottleneck", "cifar100", 128, 0.1, 180,
-                                                       [100, 150], 0.2, 0.1, 1e-4, "checkpoints/cifar100/resnet-20/dla-b-20")
+            a.gamma, a.weight_decay) == ("dla_b", 20, "bottleneck", "cifar100", 128, 0.1, 180, [100, 150], 0.2,
+                                         0.1, 1e-4)
+    assert a.checkpoint == "checkpoints/cifar100/resnet-20/dla-b-20" and a.data_root == "datasets"
     assert cifar.get_parser().parse_args(cmds[1][2:]).checkpoint == "checkpoints/cifar100/resnet-110/dla-b-110"
     t = train.get_parser().parse_args(cmds[2][2:])
     assert (t.data, t.arch, t.batch_size, t.epochs, t.warmup_epochs, t.world_size, t.rank, t.workers) == \
