@@ -21,13 +21,14 @@ curve logs ``loss_plot.txt``, ``valloss_plot.txt``, ``train_acc1.txt``, ``train_
 ``val_acc5.txt``, one ``epoch value`` line per epoch (epoch counted from 0, as officially).
 
 Launch modes (``common.distributed.launch_examples``): one process; ``--multiprocessing-distributed`` (one
-process per GPU of this node, one on a CPU-only node; ``--world-size`` nodes, ``--rank`` this node);
+process per GPU of this node, or ``--nprocs`` processes, one by default on a CPU-only node; ``--world-size``
+nodes, ``--rank`` this node);
 ``torchrun`` / ``python -m torch.distributed.launch`` / SLURM; CPU processes use gloo. ``-b`` and ``-j`` are
 totals over the processes (each gets ``b / processes``).
 
 Additions: ``--demo`` (the bundled digits ImageFolder, built under ``data``, default ``datasets``),
 ``--img-size`` (train crop; validation resizes to ``img_size / 0.875`` and crops ``img_size``),
-``--steps-per-epoch`` (stop each epoch's training after that many batches: quick runs),
+``--steps-per-epoch`` (stop each epoch's training after that many batches: quick runs), ``--nprocs``,
 ``--trust-checkpoint``. Fixed official defects: runs on CPU; the curve logs hold plain numbers (officially
 ``tensor(76.1, device='cuda:0')``) and a resumed run continues them without duplicates; ``--resume`` loads safely
 (``weights_only``; a checkpoint of another architecture is one message naming the keys) and restores the RNG and
@@ -100,6 +101,9 @@ def get_parser():
     g.add_argument("--steps-per-epoch", default=0, type=int, metavar="N",
                    help="stop each epoch's training after N batches (0: the whole set); validation is whole")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--nprocs", default=None, type=int, metavar="N",
+                   help="processes per node of --multiprocessing-distributed (default: the GPUs of the node, "
+                        "1 on a CPU-only node)")
     return p
 
 
@@ -198,7 +202,7 @@ def main_worker(env, args):
                             pin_memory=pin, sampler=cdata.ShardSampler(len(val_set), env.rank, procs))
     train_loader = _Limited(train_loader, args.steps_per_epoch)
 
-    log(f"=> creating model '{args.arch}' ({num_classes} classes)")
+    log(f"=> creating model '{args.arch}' ({num_classes} classes; {procs} process{'es' if procs > 1 else ''})")
     model = dla.create_model(args.arch, num_classes=num_classes, drop_rate=args.drop, drop_path=args.drop_path)
     if resume_state is not None:
         ckpt.load_state_dict_strict(model, resume_state["state_dict"], source=f"checkpoint {args.resume}")
@@ -274,7 +278,7 @@ def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    return D.launch_examples(main_worker, args, device=args.device)
+    return D.launch_examples(main_worker, args, nprocs=args.nprocs, device=args.device)
 
 
 def cli(argv=None):

@@ -105,11 +105,11 @@ def test_train_torchrun_two_gloo_processes_then_resume(tmp_path):
     assert L.checkpoint_path(spec, tiny[1:]) == str(run / "checkpoint.pth.tar")
     assert L.validate_script_args(spec, L.REPO_ROOT / spec.path, tiny[1:])
 
-    # resumed through --multiprocessing-distributed (one process on a CPU-only node): continues at epoch 1
+    # resumed through --multiprocessing-distributed (2 spawned gloo processes): continues at epoch 1
     proc = run_script([*tiny, "--epochs", "2", "--resume", str(run / "checkpoint.pth.tar"),
-                       "--multiprocessing-distributed", "--world-size", "1", "--rank", "0",
+                       "--multiprocessing-distributed", "--nprocs", "2", "--world-size", "1", "--rank", "0",
                        "--dist-url", f"tcp://127.0.0.1:{free_port()}"], check=True)
-    assert "Epoch: [1]" in proc.stdout and "Epoch: [0]" not in proc.stdout
+    assert "Epoch: [1]" in proc.stdout and "Epoch: [0]" not in proc.stdout and "2 processes" in proc.stdout
     second = {n: _curve(run, n) for n in CURVES}
     assert all(second[n][0] == first[n][0] and [e for e, _ in second[n]] == [0, 1] for n in CURVES)
     assert torch.load(run / "checkpoint.pth.tar", weights_only=True)["epoch"] == 2
