@@ -34,7 +34,7 @@ from common import models as _core
 from common.layers.attention import ECAModule, SEModule
 from common.models import ClassifierModel
 
-from ._registry import REGISTRY, StageFeatures, conv1x1, conv3x3
+from ._registry import REGISTRY, StageFeatures, conv1x1, conv3x3, rla_group_matcher
 
 __all__ = ["RLABottleneck", "RLAResNet", "RLA_ResNet", "ConvLSTMCell", "ConvGRUCell", "UPDATES", "CONV_OUT_INPUTS", "HEADS"]
 
@@ -304,20 +304,6 @@ class RLAResNet(ClassifierModel):
         if self.unshared:
             return rla_group_matcher(coarse, ("conv1", "bn1"), (), ("bn2",), blocks=("stages",))
         return rla_group_matcher(coarse, ("conv1", "bn1"), ("conv_outs", "recurrent_convs"), ("bn2",))
-
-
-def rla_group_matcher(coarse, stem, per_stage, post, blocks=("stages", "stage_bns")):
-    """timm group matcher of the RLA models: the stem; per block ``stages.s.t`` with its ``stage_bns.s.t``
-    (per stage when ``coarse``); the stage's shared modules (``conv_outs.s``, ...) join the stage's last
-    block; the modules of ``post`` join the last block."""
-    def alt(names):
-        return "|".join(names) or "$^"
-
-    if coarse:
-        blk = [(rf"^(?:{alt(blocks + per_stage)})\.(\d+)\.", None)]
-    else:
-        blk = [(rf"^(?:{alt(blocks)})\.(\d+)\.(\d+)\.", None), (rf"^(?:{alt(per_stage)})\.(\d+)\.", (99999,))]
-    return dict(stem=rf"^(?:{alt(stem)})\.", blocks=blk + [(rf"^(?:{alt(post)})\.", (99999,))])
 
 
 @REGISTRY.register("RLA_ResNet")
