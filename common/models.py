@@ -183,4 +183,5 @@ def feature_net(model, out_indices=None, **kwargs):
         return FeatureHookNet(model, out_indices=out_indices, no_rewrite=False, **kwargs)
     # stage maps named inside a top-level Sequential ('stages.0') need timm's one-level flattening
     kwargs.setdefault("flatten_sequential", any("." in i["module"] for i in model.feature_info))
-    return FeatureListNet(model, out_indices=out_indices, **kwargs)
+    # a trunk that is not a chain of children (state carried across stages) names its own class
+    return getattr(model, "feature_cls", FeatureListNet)(model, out_indices=out_indices, **kwargs)
