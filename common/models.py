@@ -26,7 +26,9 @@ It then has, with timm's meanings:
 * ``get_classifier()``, ``reset_classifier(num_classes, global_pool=None)`` (``num_classes=0`` gives an
   ``nn.Identity`` head: the model returns pooled features), ``num_classes``, ``num_features``;
 * ``feature_info``, and ``features_only``: :func:`feature_net` wraps the model in timm's ``FeatureListNet``,
-  which runs the same children in order and returns the stage maps chosen by ``out_indices``;
+  which runs the same children in order and returns the stage maps chosen by ``out_indices`` (entries with a
+  ``hook_type`` -- a map inside a child, e.g. ``'layers.0.downsample'`` with ``'forward_pre'`` -- use timm's
+  ``FeatureHookNet`` over the same children instead);
 * ``no_weight_decay()`` (names excluded from weight decay beyond timm's 1-D rule; empty by default),
   ``group_matcher(coarse=False)`` (stem / stage / block groups for layer-wise LR decay),
   ``set_grad_checkpointing(enable=True)``.
@@ -173,6 +175,12 @@ def feature_net(model, out_indices=None, **kwargs):
     if bad:
         raise ValueError(f"{type(model).__name__}: out_indices {bad} out of range for {n} feature maps "
                          f"(valid: 0..{n - 1} or negative)")
+    out_indices = tuple(i % n for i in out_indices)
+    if any("hook_type" in i for i in model.feature_info):
+        # maps taken inside a child (e.g. a stage's input to its downsample): timm's hooks, same keys
+        from timm.models import FeatureHookNet
+
+        return FeatureHookNet(model, out_indices=out_indices, no_rewrite=False, **kwargs)
     # stage maps named inside a top-level Sequential ('stages.0') need timm's one-level flattening
     kwargs.setdefault("flatten_sequential", any("." in i["module"] for i in model.feature_info))
-    return FeatureListNet(model, out_indices=tuple(i % n for i in out_indices), **kwargs)
+    return FeatureListNet(model, out_indices=out_indices, **kwargs)

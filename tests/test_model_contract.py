@@ -8,12 +8,26 @@ import torch.nn.functional as F
 
 import common.models
 import dianet
+import dwnet
 from common.models import ClassifierModel, feature_net
 from common.registry import REQUIRED_PRETRAINED_CFG_KEYS, Registry, UnknownModelError
 
 # Every paper registry; each new paper adds its own here.
-REGISTRIES = [dianet.REGISTRY]
-PAPER_MODULES = {"dianet": dianet}
+REGISTRIES = [dianet.REGISTRY, dwnet.REGISTRY]
+PAPER_MODULES = {"dianet": dianet, "dwnet": dwnet}
+# What differs between the papers' models: the test input side, the data cfg, no_weight_decay(), the module
+# whose ``checkpoint`` grad checkpointing calls and how many calls a forward makes, and the smaller
+# same-width build used where a test does not need the full depth (``None``: the full variant).
+SPEC = {
+    "dianet": dict(size=32, data=dict(input_size=(3, 32, 32), interpolation="bilinear", mean=dianet.CIFAR_MEAN,
+                                      std=dianet.CIFAR_STD, crop_pct=1.0, crop_mode="center"),
+                   no_wd=set(), ckpt_module=common.models, ckpt_calls=lambda m: len(m.stage_names), small=None),
+    "dwnet": dict(size=64, data=dict(input_size=(3, 224, 224), interpolation="bicubic", mean=dwnet.IMAGENET_MEAN,
+                                     std=dwnet.IMAGENET_STD, crop_pct=0.875, crop_mode="center"),
+                  no_wd={"absolute_pos_embed"}, ckpt_module=dwnet.models.dwnet,
+                  ckpt_calls=lambda m: sum(len(m.get_submodule(s).blocks) for s in m.stage_names),
+                  small=dict(depths=(1, 1, 1, 1))),
+}
 ALL = [(r, v) for r in REGISTRIES for v in r.variants()]
 TIMM = [(r, v) for r, v in ALL if v.paper]
 IDS = [v.name for _, v in ALL]
@@ -26,6 +40,8 @@ def _x(seed=0, c=3, size=32, batch=1):
 
 def _small(registry, v, **over):
     """The variant at the smallest depth its constructor allows (same family, widths and head)."""
+    if SPEC[registry.name]["small"]:
+        return registry.create(v.name, **SPEC[registry.name]["small"], **over)
     if "depth" not in v.kwargs:
         return registry.create(v.name, **over)
     for depth in (8, 10, 11):
@@ -44,7 +60,7 @@ def built():
     def get(registry, v):
         if v.name not in cache:
             torch.manual_seed(0)
-            cache[v.name] = registry.create(v.name).eval()
+            cache[v.name] = registry.create(v.name, **(SPEC[registry.name]["small"] or {})).eval()
         return cache[v.name]
 
     return get
@@ -60,26 +76,28 @@ def test_table_covers_every_constructor():
 def test_forward_is_head_of_features(registry, v, built):
     model = built(registry, v)
     assert isinstance(model, ClassifierModel)
-    x = _x()
+    size = SPEC[registry.name]["size"]
+    x = _x(size=size)
     with torch.no_grad():
         feats = model.forward_features(x)
         out = model(x)
         assert torch.equal(out, model.forward_head(feats))
         pre = model.forward_head(feats, pre_logits=True)
     assert out.shape == (1, v.num_classes) and model.num_classes == v.num_classes
-    assert feats.shape == (1, model.num_features, 8, 8)
+    assert feats.shape == (1, model.num_features) + (size // model.feature_info[-1]["reduction"],) * 2
     assert pre.shape == (1, model.num_features)
     assert torch.allclose(pre, feats.mean(dim=(2, 3)), rtol=0, atol=1e-6)
     head = model.get_classifier()
     assert head is getattr(model, v.pretrained_cfg["classifier"])
     assert torch.allclose(out, F.linear(pre, head.weight, head.bias), rtol=0, atol=1e-5)
-    assert model.no_weight_decay() == set()
+    assert model.no_weight_decay() == SPEC[registry.name]["no_wd"]
 
 
 @pytest.mark.parametrize("registry,v", ALL, ids=IDS)
 def test_reset_classifier(registry, v, built):
     model = copy.deepcopy(built(registry, v))
-    x = _x(1)
+    size = SPEC[registry.name]["size"]
+    x = _x(1, size=size)
     keys = list(model.state_dict())
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -92,7 +110,7 @@ def test_reset_classifier(registry, v, built):
         model.reset_classifier(0, global_pool="max")
         assert torch.equal(model(x), model.forward_features(x).amax(dim=(2, 3)))
         model.reset_classifier(0, "")
-        assert model(x).shape == (1, model.num_features, 8, 8)
+        assert model(x).shape == (1, model.num_features) + (size // model.feature_info[-1]["reduction"],) * 2
     with pytest.raises(ValueError, match="num_classes=0"):
         model.reset_classifier(3, "")
 
@@ -102,18 +120,19 @@ def test_features_only_matches_feature_info(registry, v, built):
     model = built(registry, v)
     info = model.feature_info
     assert [set(i) >= {"num_chs", "reduction", "module"} for i in info] == [True] * len(info)
-    x = _x(2)
+    size = SPEC[registry.name]["size"]
+    x = _x(2, size=size)
     net = feature_net(model)  # shares the model's modules
     with torch.no_grad():
         maps = net(x)
         feats = model.forward_features(x)
     assert [m.shape[1] for m in maps] == [i["num_chs"] for i in info]
-    assert [32 // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
+    assert [size // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
     assert torch.equal(maps[-1], feats)  # the last map is forward_features
     assert net.feature_info.channels() == [i["num_chs"] for i in info]
     # the registry's own create(features_only=True), and a subset of the maps
     torch.manual_seed(0)
-    sub = registry.create(v.name, features_only=True, out_indices=(0, -1))
+    sub = registry.create(v.name, features_only=True, out_indices=(0, -1), **(SPEC[registry.name]["small"] or {}))
     sub.load_state_dict({k: t for k, t in model.state_dict().items() if k.split(".")[0] in dict(sub.named_children())})
     with torch.no_grad():
         got = sub.eval()(x)
@@ -127,9 +146,10 @@ def test_grad_checkpointing_equal_outputs_and_grads(registry, v, monkeypatch):
     ckpt = copy.deepcopy(ref)
     ckpt.set_grad_checkpointing(True)
     calls = []
-    real = common.models.checkpoint
-    monkeypatch.setattr(common.models, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    x = _x(3, batch=2).double()
+    site = SPEC[registry.name]["ckpt_module"]
+    real = site.checkpoint
+    monkeypatch.setattr(site, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = _x(3, size=SPEC[registry.name]["size"], batch=2).double()
     w = torch.randn(2, v.num_classes, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     outs = []
     for m in (ref, ckpt):
@@ -137,13 +157,14 @@ def test_grad_checkpointing_equal_outputs_and_grads(registry, v, monkeypatch):
         out = m(x)
         (out * w).sum().backward()
         outs.append(out.detach())
-    assert len(calls) == len(ckpt.stage_names)  # every stage ran under torch.utils.checkpoint
+    n_calls = SPEC[registry.name]["ckpt_calls"](ckpt)
+    assert len(calls) == n_calls  # every stage (or block) ran under torch.utils.checkpoint
     assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-12)
     for (k, a), b in zip(ref.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-12), k
     with torch.no_grad():  # no checkpointing without autograd
         ckpt(x)
-    assert len(calls) == len(ckpt.stage_names)
+    assert len(calls) == n_calls
 
 
 @pytest.mark.parametrize("registry,v", ALL, ids=IDS)
@@ -152,8 +173,9 @@ def test_group_matcher_covers_every_parameter(registry, v, built):
 
     model = built(registry, v)
     n = len(list(model.parameters()))
-    stem = [k for k, _ in model.trunk()][: [k for k, _ in model.trunk()].index(model.stage_names[0])]
-    blocks = sum(len(getattr(getattr(model, s), model.blocks_attr)) for s in model.stage_names)
+    names = [k for k, _ in model.trunk()]
+    stem = names[: names.index(model.stage_names[0].split(".")[0])]
+    blocks = sum(len(getattr(model.get_submodule(s), model.blocks_attr)) for s in model.stage_names)
     for coarse, n_groups in ((True, 2 + len(model.stage_names)), (False, 2 + blocks)):
         groups = group_parameters(model, model.group_matcher(coarse=coarse))
         assert sum(len(g) for g in groups.values()) == n
@@ -173,10 +195,11 @@ def test_pretrained_cfg_complete(registry, v):
     cfg = v.pretrained_cfg
     assert all(cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), v.name
     PretrainedCfg(**cfg)  # only timm's field names
-    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == dianet.CIFAR_MEAN and cfg["std"] == dianet.CIFAR_STD
+    data = SPEC[registry.name]["data"]
+    assert (cfg["input_size"], cfg["mean"], cfg["std"]) == (data["input_size"], data["mean"], data["std"])
     model = registry.create(v.name)
     assert model.pretrained_cfg["architecture"] == v.name
-    assert type(getattr(model, cfg["first_conv"])).__name__ == "Conv2d"
+    assert type(model.get_submodule(cfg["first_conv"])).__name__ == "Conv2d"
     assert getattr(model, cfg["classifier"]).out_features == cfg["num_classes"]
     assert v.describe().startswith(f"{v.model}(num_classes={v.num_classes}, ")
 
@@ -242,23 +265,23 @@ def test_timm_train_py_calls(registry, v):
     from timm.optim import create_optimizer_v2
 
     torch.manual_seed(0)
-    model = _train_py_create(v.name)
+    small = SPEC[registry.name]["small"] or {}
+    model = _train_py_create(v.name, **small)
     assert model.num_classes == v.num_classes  # train.py reads it when --num-classes is not given
     cfg = model.pretrained_cfg
     assert cfg["architecture"] == v.name
     assert {k: cfg[k] for k in v.pretrained_cfg} == dict(v.pretrained_cfg)
     data = resolve_data_config({}, model=model)
-    assert data == dict(input_size=(3, 32, 32), interpolation="bilinear", mean=dianet.CIFAR_MEAN,
-                        std=dianet.CIFAR_STD, crop_pct=1.0, crop_mode="center")
+    assert data == SPEC[registry.name]["data"]
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     # same module and weights as ours
-    ours = dianet.create_model(v.name)
+    ours = PAPER_MODULES[registry.name].create_model(v.name, **small)
     assert type(ours) is type(model) and list(ours.state_dict()) == list(model.state_dict())
     ours.load_state_dict(model.state_dict())
-    x = _x(6)
+    x = _x(6, size=SPEC[registry.name]["size"])
     with torch.no_grad():
         assert torch.equal(model.eval()(x), ours.eval()(x))
 

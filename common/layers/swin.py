@@ -24,7 +24,7 @@ Both variants of each block that the papers need are arguments here:
   ``img_size=...`` instead requires exactly that input size, as the classification code does.
 * ``PatchMerging`` takes tokens ``(B, H*W, C)`` and the grid size, either per call
   (``forward(x, h, w)``, detection) or fixed at construction (``input_resolution=(H, W)``,
-  classification). Odd H or W get one zero row / column at the bottom / right first, so the
+  classification); or a ``(B, C, H, W)`` map, giving a ``(B, 2C, H', W')`` map (DWNet). Odd H or W get one zero row / column at the bottom / right first, so the
   output grid is ``((H + 1) // 2, (W + 1) // 2)``; at even sizes this is the classification
   code's operation exactly.
 """
@@ -106,6 +106,8 @@ class PatchMerging(nn.Module):
         self.norm = norm_layer(4 * dim)
 
     def forward(self, x, h=None, w=None):
+        if x.dim() == 4:  # a (B, C, H, W) map -> (B, 2C, (H + 1) // 2, (W + 1) // 2), same math
+            return self._forward_map(x)
         if h is None or w is None:
             if self.input_resolution is None:
                 raise ValueError("PatchMerging needs (h, w): pass them or set input_resolution")
@@ -118,6 +120,14 @@ class PatchMerging(nn.Module):
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+    def _forward_map(self, x):
+        b, c, h, w = x.shape
+        x = x.permute(0, 2, 3, 1)
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x)).permute(0, 3, 1, 2)
 
     def extra_repr(self):
         return f"dim={self.dim}, input_resolution={self.input_resolution}"
