@@ -32,6 +32,9 @@ Where this script differs from the official one, on purpose:
   (officially one epoch stale); it is loaded strictly (a checkpoint of another variant is refused with the
   list of mismatched keys; officially ``strict=False``) and safely (``weights_only``; the official releases
   hold a pickled yacs config, which the allow-list reads).
+* Under DDP the BatchNorm running statistics are averaged over the processes after every epoch (timm's
+  ``distribute_bn``), so every process validates the model that is saved (officially each process kept its
+  own statistics, ``broadcast_buffers=False``, and the checkpoint held rank 0's).
 * Validation accuracy is summed exactly over processes (officially averaged per batch); ``--eval`` needs a
   checkpoint (``--resume`` or auto-resume; officially it would start training); ``--zip`` / ``--cache-mode``
   are accepted and have no effect (officially they only changed the sampler); ``--data-set CIFAR`` reads the
@@ -476,6 +479,10 @@ def main(argv=None):
         loader_train.sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         train_one_epoch(config, model, criterion, loader_train, optimizer, step, mixup_fn, epoch, env, log, detail)
+        if env.distributed:  # one set of BN statistics on every process: the one validated and saved
+            from timm.utils import distribute_bn
+
+            distribute_bn(bare, env.world_size, reduce=True)
         acc1, acc5, loss = validate(model, loader_val, env, amp, log)
         log(f"Accuracy of the network on the {len(val_set)} test images: {acc1:.1f}%")
         max_accuracy = max(max_accuracy, acc1)
