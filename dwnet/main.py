@@ -65,6 +65,8 @@ from common.registry import UnknownModelError  # noqa: E402
 from common.train import recipe  # noqa: E402
 from common.train.step import AmpConfig, NonFiniteLossError, TrainStep  # noqa: E402
 from dwnet.config import AMP_LEVELS, DATA_SETS, get_config  # noqa: E402
+from dwnet.models.build import MODEL_TYPES  # noqa: E402
+from dwnet.models.build import build_model as _build_model  # noqa: E402
 
 __all__ = ["get_parser", "parse_option", "build_model", "build_transform", "build_loader", "build_amp",
            "checkpointer", "auto_resume_helper", "main", "cli", "LOG_FORMAT", "MODEL_TYPES"]
@@ -72,7 +74,6 @@ __all__ = ["get_parser", "parse_option", "build_model", "build_transform", "buil
 # the official logger's line format and date format (logger.py of Swin-Transformer)
 LOG_FORMAT = "[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
-MODEL_TYPES = ("dwnet", "ddwnet", "iddwnet")
 DEMO_ROOT = "datasets"
 
 
@@ -133,26 +134,14 @@ def parse_option(argv=None):
 
 # ---------------------------------------------------------------------------------------- model
 def build_model(config):
-    """The official ``models/build.py``: ``DWNet`` from MODEL.TYPE (``dwnet`` / ``ddwnet`` / ``iddwnet``) and
-    MODEL.DWNET.*; ``iddwnet`` also takes INHOMO and INHOMO_HEADS."""
-    import dwnet
-
-    mtype = config.MODEL.TYPE
-    if mtype not in MODEL_TYPES:
-        raise ConfigError(f"MODEL.TYPE {mtype!r} is not a DWNet type; use one of {', '.join(MODEL_TYPES)} "
-                          f"(the --cfg files of dwnet/configs/ set it)")
-    d = config.MODEL.DWNET
-    kwargs = dict(img_size=config.DATA.IMG_SIZE, patch_size=d.PATCH_SIZE, in_chans=d.IN_CHANS,
-                  num_classes=config.MODEL.NUM_CLASSES, embed_dim=d.EMBED_DIM, depths=list(d.DEPTHS),
-                  window_size=d.WINDOW_SIZE, mlp_ratio=d.MLP_RATIO, drop_rate=config.MODEL.DROP_RATE,
-                  drop_path_rate=config.MODEL.DROP_PATH_RATE, ape=d.APE, patch_norm=d.PATCH_NORM,
-                  use_checkpoint=config.TRAIN.USE_CHECKPOINT, dynamic=d.DYNAMIC)
-    if mtype == "iddwnet":
-        kwargs.update(inhomogeneous=d.INHOMO, inhomo_heads=list(d.INHOMO_HEADS))
+    """:func:`dwnet.models.build_model` (the official ``models/build.py``); a config the model refuses is a
+    :class:`ConfigError` naming it."""
     try:
-        return dwnet.create_model("dwnet", **kwargs)
+        return _build_model(config)
     except (ValueError, TypeError, AssertionError) as err:
-        raise ConfigError(f"cannot build {config.MODEL.NAME} ({mtype}) from the config: {err}") from None
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"cannot build {config.MODEL.NAME} ({config.MODEL.TYPE}) from the config: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------- data

@@ -45,7 +45,7 @@ def _write_yamls(folder):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("dwnet_main")
-    cfg = _write_yamls(str(root / "configs"))
+    cfg = os.path.join(ROOT, "dwnet", "configs", NAME + ".yaml")  # the shipped tiny config, made tiny by TINY
     yield {"root": str(root), "cfg": cfg, "data": str(root / "data")}
     close_logging()
 
@@ -67,7 +67,7 @@ def _log(folder):
 
 # ---------------------------------------------------------------------------------------------- config layer
 def test_defaults_are_the_official_ones():
-    c = dconfig.get_default_config()
+    c = dconfig.get_defaults()
     assert c.BASE == [""]
     assert (c.DATA.BATCH_SIZE, c.DATA.IMG_SIZE, c.DATA.INTERPOLATION, c.DATA.NUM_WORKERS) == (128, 224, "bicubic", 8)
     assert (c.MODEL.NUM_CLASSES, c.MODEL.DROP_PATH_RATE, c.MODEL.LABEL_SMOOTHING) == (1000, 0.1, 0.1)
@@ -208,7 +208,7 @@ def test_demo_training_writes_the_official_files(trained):
     assert re.search(r"INFO  \* Acc@1 [\d.]+ Acc@5 [\d.]+$", log, re.M)
     assert "number of params: " in log and "number of GFLOPs: " in log and "Max accuracy: " in log
     # config.json: the resolved config (YAML text), read back into the defaults
-    back = dconfig.load(os.path.join(folder, "config.json"))
+    back = dconfig.load_config(os.path.join(folder, "config.json"))
     assert back == state["config"] and back.TRAIN.EPOCHS == 2 and back.MODEL.NUM_CLASSES == 10
     assert back.TRAIN.BASE_LR == pytest.approx(5e-4 * 64 / 512)
 
@@ -217,7 +217,7 @@ def _plain_accuracy(folder, ckpt_name, cfg):
     """Top-1 of a checkpoint over the demo val split, from a bare loop (the reference)."""
     from common.data import load_imagefolder
 
-    c = dconfig.load(os.path.join(folder, "config.json"))
+    c = dconfig.load_config(os.path.join(folder, "config.json"))
     model = dmain.build_model(c).eval()
     model.load_state_dict(torch.load(os.path.join(folder, ckpt_name), weights_only=True)["model"])
     ds = load_imagefolder(c.DATA.DATA_PATH, "val", transform=dmain.build_transform(False, c))
@@ -271,7 +271,7 @@ def test_official_release_format_loads_safely(work, trained, tmp_path):
     files); read with weights_only through the allow-list, no --trust-checkpoint."""
     state = torch.load(os.path.join(trained["folder"], "ckpt_epoch_1.pth"), weights_only=True)
     release = tmp_path / "dwnet_release.pth"
-    torch.save({"model": state["model"], "config": dconfig.load(os.path.join(trained["folder"], "config.json"))},
+    torch.save({"model": state["model"], "config": dconfig.load_config(os.path.join(trained["folder"], "config.json"))},
                release)
     res = dmain.main(_argv(work, "--resume", str(release), "--eval", tag="release"))
     assert res["acc1"] == pytest.approx(_plain_accuracy(trained["folder"], "ckpt_epoch_1.pth", work["cfg"]), abs=1e-9)
@@ -294,7 +294,7 @@ def test_missing_data_names_the_layout_and_demo(work, capsys):
 
 
 def test_checkpoint_of_another_variant_lists_the_keys(work, trained, tmp_path, capsys):
-    c = dconfig.load(os.path.join(trained["folder"], "config.json"), ["MODEL.DWNET.DYNAMIC", "True"])
+    c = dconfig.load_config(os.path.join(trained["folder"], "config.json"), ["MODEL.DWNET.DYNAMIC", "True"])
     other = tmp_path / "dynamic.pth"
     torch.save({"model": dmain.build_model(c).state_dict()}, other)
     err = _fails(capsys, _argv(work, "--resume", str(other), "--eval", tag="bad"))
@@ -308,7 +308,7 @@ def test_other_bad_input_gives_one_message(work, capsys):
     err = _fails(capsys, _argv(work, tag="bad", opts=["TRAIN.NOPE", "1"]))
     assert "unknown config key 'TRAIN.NOPE'" in err
     err = _fails(capsys, _argv(work, tag="bad", opts=["MODEL.TYPE", "swin"]))
-    assert "MODEL.TYPE 'swin' is not a DWNet type" in err
+    assert "MODEL.TYPE 'swin' is not a DWNet model type" in err
     err = _fails(capsys, _argv(work, "--resume", os.path.join(work["root"], "nope.pth"), "--eval", tag="bad"))
     assert "nope.pth" in err
 

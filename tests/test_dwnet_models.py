@@ -100,6 +100,14 @@ def test_official_flops(name):
     assert round(model.flops() / 1e9, 3) == OFFICIAL_GFLOPS[name]
 
 
+@pytest.mark.parametrize("name,gmacs", [("dwnet_tiny", 3.743), ("dynamic_dwnet_tiny", 3.771)])
+def test_fvcore_macs(name, gmacs):
+    """common.flops (fvcore) at 224 gives the fact sheet's count of the official model."""
+    from common.flops import count_flops
+
+    assert round(count_flops(dwnet.create_model(name), torch.randn(1, 3, 224, 224)) / 1e9, 3) == gmacs
+
+
 # ------------------------------------------------------------------------------------------
 # The dynamic depth-wise convolutions against float64 loops
 # ------------------------------------------------------------------------------------------
@@ -235,6 +243,18 @@ def test_block_pads_to_the_window_like_the_official_backbone():
         assert not torch.allclose(blk.attn2conv(x), z)
 
 
+def test_patch_merging_on_maps_is_the_token_form():
+    from common.layers.swin import PatchMerging
+
+    torch.manual_seed(0)
+    m = PatchMerging(5).double()
+    for h, w in ((6, 8), (7, 9)):
+        x = torch.randn(2, 5, h, w, dtype=f64)
+        tokens = m(x.flatten(2).transpose(1, 2), h, w)
+        ref = tokens.transpose(1, 2).reshape(2, 10, (h + 1) // 2, (w + 1) // 2)
+        torch.testing.assert_close(m(x), ref, rtol=0, atol=1e-15)
+
+
 def test_features_only_stage_maps():
     model = _small()
     x = torch.randn(2, 3, 64, 96)
@@ -290,3 +310,106 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="built for 224x224"):
         ape(torch.zeros(1, 3, 64, 64))
     assert math.isfinite(ape(torch.randn(1, 3, 224, 224)).sum().item())
+
+
+# ------------------------------------------------------------------------------------------
+# The official configs and build_model
+# ------------------------------------------------------------------------------------------
+def test_configs_build_the_fingerprinted_models():
+    """Each shipped yaml, through the official defaults and build_model, is the DWNet(...) call of the
+    fingerprint made from that yaml; create_model builds it by the file name."""
+    from dwnet.config import config_names, load_config
+    from dwnet.models import model_kwargs
+
+    seen = []
+    for name in OFFICIAL:
+        ctor = _fp(name)["ctor"]
+        yaml_name = ctor[ctor.index("configs/") + len("configs/"):ctor.index(".yaml")]
+        assert model_kwargs(load_config(yaml_name)) == OFFICIAL[name], yaml_name
+        seen.append(yaml_name)
+    assert sorted(seen) == config_names()
+    torch.manual_seed(0)
+    a = dwnet.create_model("i_dynamic_dwnet_tiny_patch4_window7_224", depths=[1, 1, 1, 1])
+    torch.manual_seed(0)
+    b = dwnet.create_model("i_dynamic_dwnet_tiny", depths=[1, 1, 1, 1])
+    assert manifest(a) == manifest(b)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_config_errors_are_named(tmp_path):
+    from common.config import ConfigError
+    from common.registry import UnknownModelError
+    from dwnet.config import load_config
+    from dwnet.models import build_model
+
+    with pytest.raises(ConfigError, match="unknown DWNet config 'nope'; shipped configs: dwnet_base"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="unknown config key 'MODEL.DWNET.DEPTH'"):
+        load_config("dwnet_tiny_patch4_window7_224", opts=["MODEL.DWNET.DEPTH", "[1, 1, 1, 1]"])
+    with pytest.raises(ConfigError, match="MODEL.TYPE 'swin' is not a DWNet model type"):
+        build_model(load_config())
+    with pytest.raises(UnknownModelError, match="configs: dwnet_base_patch4_window7_224"):
+        dwnet.create_model("swin_tiny")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"BASE: ['{dwnet.config.CONFIG_DIR}/dynamic_dwnet_tiny_patch4_window7_224.yaml']\n"
+                     "MODEL:\n  DROP_PATH_RATE: 0.1\n")
+    cfg = load_config(str(child))
+    assert cfg.MODEL.TYPE == "ddwnet" and cfg.MODEL.DWNET.DYNAMIC and cfg.MODEL.DROP_PATH_RATE == 0.1
+
+
+# ------------------------------------------------------------------------------------------
+# An odd input size against the official detection backbone (same blocks, same padding rule)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,variant", [("det_backbone_dwnet_tiny", "dwnet_tiny"),
+                                          ("det_backbone_dynamic_dwnet_tiny", "dynamic_dwnet_tiny")])
+def test_odd_input_size_matches_the_official_backbone(name, variant):
+    """At 100x136 (patch padding, block padding to multiples of 7, odd PatchMerging) the stage maps of the
+    classification trunk are the official mmdet backbone's before its per-stage ``norm{i}`` BatchNorm (eval:
+    applied here with the same deterministic values). The stored outputs keep every ``channel_step``-th
+    channel."""
+    fp = _fp(name)
+    model = dwnet.create_model(variant).eval()
+    det_init_(model)
+    model.double()
+    backbone = [k for k, _, _ in fp["manifest"] if not k.startswith(("norm0.", "norm1.", "norm2.", "norm3."))]
+    assert backbone == [k for k in model.state_dict() if not k.startswith(("norm.", "head."))]
+    x = det_input(fp["input_shape"], fp["seed"])
+    from common.fingerprint import det_value
+
+    with torch.no_grad():
+        maps = dwnet.create_model(variant, features_only=True)
+        maps.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
+        maps = maps.double().eval()
+        y = maps(x)
+        y[-1] = model.layers[-1](model.layers[:-1](model.pos_drop(model.patch_embed(x))))  # before the final norm
+    for key, step in fp["channel_step"].items():
+        i = int(key[-1])
+        bn = {s: det_value(f"norm{i}.{s}", (y[i].shape[1],), torch.float32).double()
+              for s in ("weight", "bias", "running_mean", "running_var")}
+        out = F.batch_norm(y[i], bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"], False, 0.0, 1e-5)
+        assert rel_err(out[:, ::step], fp["output"][key]) <= 1e-10, key
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints in the official layout
+# ------------------------------------------------------------------------------------------
+def test_official_checkpoint_layout_loads_strictly(tmp_path):
+    """A checkpoint as the official utils.save_checkpoint writes it (model, optimizer, lr_scheduler,
+    max_accuracy, epoch, the pickled yacs config, apex amp state) loads safely and strictly; a checkpoint
+    of another variant (static into dynamic) is refused with the mismatching keys named."""
+    from common.checkpoint import CheckpointMismatchError, load_state_dict_strict, read_state_dict
+    from dwnet.config import load_config
+
+    torch.manual_seed(0)
+    src = dwnet.create_model("dynamic_dwnet_tiny", depths=(1, 1, 1, 1))
+    path = tmp_path / "ckpt_epoch_0.pth"
+    torch.save({"model": src.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {},
+                "max_accuracy": 0.0, "epoch": 0, "config": load_config("dynamic_dwnet_tiny_patch4_window7_224"),
+                "amp": {"loss_scaler0": {"loss_scale": 65536.0, "unskipped": 0}}}, path)
+    torch.manual_seed(1)
+    dst = load_state_dict_strict(dwnet.create_model("dynamic_dwnet_tiny", depths=(1, 1, 1, 1)),
+                                 read_state_dict(path), source=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    with pytest.raises(CheckpointMismatchError, match="conv.conv1.weight"):
+        load_state_dict_strict(dwnet.create_model("dwnet_tiny", depths=(1, 1, 1, 1)), read_state_dict(path),
+                               source=str(path))

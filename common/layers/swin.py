@@ -24,9 +24,9 @@ Both variants of each block that the papers need are arguments here:
   ``img_size=...`` instead requires exactly that input size, as the classification code does.
 * ``PatchMerging`` takes tokens ``(B, H*W, C)`` and the grid size, either per call
   (``forward(x, h, w)``, detection) or fixed at construction (``input_resolution=(H, W)``,
-  classification); or a ``(B, C, H, W)`` map, giving a ``(B, 2C, H', W')`` map (DWNet). Odd H or W get one zero row / column at the bottom / right first, so the
-  output grid is ``((H + 1) // 2, (W + 1) // 2)``; at even sizes this is the classification
-  code's operation exactly.
+  classification); or a ``(B, C, H, W)`` map, giving a ``(B, 2C, H', W')`` map (DWNet). Odd H or W
+  get one zero row / column at the bottom / right first, so the output grid is
+  ``((H + 1) // 2, (W + 1) // 2)``; at even sizes this is the classification code's operation exactly.
 """
 from __future__ import annotations
 

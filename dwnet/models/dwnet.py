@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from common.layers.drop import drop_path_or_identity
 from common.layers.swin import Mlp, PatchEmbed, PatchMerging
 from common.models import ClassifierModel
-from common.registry import Registry
+from common.registry import Registry, UnknownModelError
 from common.timm_compat import register_registry
 
 from .ops import dynamic_dwconv, idynamic_dwconv
@@ -392,8 +392,19 @@ for _name, _kw, _ckpt in (
 
 
 def create_model(name, **kwargs):
-    """``create_model('dwnet_tiny')`` (a named variant; ``kwargs`` override its arguments), or
-    ``create_model('dwnet', **official_kwargs)``; ``features_only=True`` / ``out_indices`` as in timm."""
+    """``create_model('dwnet_tiny')`` (a named variant; ``kwargs`` override its arguments),
+    ``create_model('dwnet', **official_kwargs)``, or ``create_model('dwnet_tiny_patch4_window7_224')`` (a
+    config of ``dwnet/configs`` by its file name, built by ``build_model`` as officially);
+    ``features_only=True`` / ``out_indices`` as in timm."""
+    if name not in REGISTRY:
+        from ..config import config_names, load_config
+        from .build import build_model
+
+        if name in config_names():
+            return build_model(load_config(name), **kwargs)
+        raise UnknownModelError(f"unknown dwnet model {name!r}; choose one of: {', '.join(REGISTRY.list_models())} "
+                                f"(named variants: {', '.join(REGISTRY.list_variants())}; configs: "
+                                f"{', '.join(config_names())})")
     return REGISTRY.create(name, **kwargs)
 
 

@@ -26,8 +26,7 @@ def dynamic_dwconv(x, weight, bias=None, padding=0):
     """Per-image depth-wise convolution: ``x`` (B, C, H, W), ``weight`` (B, C, k, k) (or (B*C, 1, k, k)),
     ``bias`` (C,) or None; stride 1, zero padding ``padding``. -> (B, C, H', W')."""
     b, c, h, w = x.shape
-    k = weight.shape[-1]
-    weight = weight.reshape(b * c, 1, k, weight.shape[-2] if weight.dim() == 4 else k)
+    weight = weight.reshape(b * c, 1, *weight.shape[-2:])
     out = F.conv2d(x.reshape(1, b * c, h, w), weight, None if bias is None else bias.repeat(b),
                    padding=padding, groups=b * c)
     return out.view(b, c, out.shape[-2], out.shape[-1])
