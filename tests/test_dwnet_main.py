@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from common.config import ConfigError
 from common.logging import close_logging
 from tests.conftest import ROOT, run_script
 
@@ -116,17 +117,17 @@ def test_yaml_with_base_then_opts_then_flags(tmp_path):
 
 def test_config_errors_name_the_key_or_file(tmp_path):
     cfg = _write_yamls(str(tmp_path))
-    with pytest.raises(dconfig.cc.ConfigError, match="unknown config key 'TRAIN.NOPE'"):
+    with pytest.raises(ConfigError, match="unknown config key 'TRAIN.NOPE'"):
         _config(["--cfg", cfg, "--opts", "TRAIN.NOPE", "1"])
-    with pytest.raises(dconfig.cc.ConfigError, match="TRAIN.EPOCHS takes a value of type int"):
+    with pytest.raises(ConfigError, match="TRAIN.EPOCHS takes a value of type int"):
         _config(["--cfg", cfg, "--opts", "TRAIN.EPOCHS", "many"])
     evil = tmp_path / "evil.yaml"
     evil.write_text("MODEL: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(dconfig.cc.ConfigError, match="evil.yaml: refused"):
+    with pytest.raises(ConfigError, match="evil.yaml: refused"):
         _config(["--cfg", str(evil)])
     bad = tmp_path / "bad.yaml"
     bad.write_text("MODEL:\n  DWNET:\n    KERNEL: 3\n")
-    with pytest.raises(dconfig.cc.ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match="bad.yaml"):
         _config(["--cfg", str(bad)])
 
 
