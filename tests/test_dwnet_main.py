@@ -278,6 +278,23 @@ def test_official_release_format_loads_safely(work, trained, tmp_path):
     assert res["acc1"] == pytest.approx(_plain_accuracy(trained["folder"], "ckpt_epoch_1.pth", work["cfg"]), abs=1e-9)
 
 
+def test_accumulation_amp_and_cifar_pickles(work, demo_root):
+    """--data-set CIFAR (the python pickles, 10 classes), --accumulation-steps 2 (one AdamW update per two
+    batches, the LR doubled), --amp-opt-level O1 (bfloat16 autocast on the CPU), --use-checkpoint."""
+    argv = _argv(work, "--data-set", "CIFAR", "--accumulation-steps", "2", "--use-checkpoint", tag="accum",
+                 opts=["TRAIN.EPOCHS", "1", "MODEL.DWNET.DYNAMIC", "True"])
+    argv.remove("--demo")
+    argv[argv.index("--data-path") + 1] = demo_root
+    argv[argv.index("--amp-opt-level") + 1] = "O1"
+    dmain.main(argv)
+    state = torch.load(os.path.join(_folder(work, "accum"), "ckpt_epoch_0.pth"), weights_only=True)
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {11}  # ceil(22 batches / 2)
+    c = state["config"]
+    assert (c["DATA"]["DATASET"], c["MODEL"]["NUM_CLASSES"], c["AMP_OPT_LEVEL"]) == ("cifar", 10, "O1")
+    assert c["TRAIN"]["BASE_LR"] == pytest.approx(5e-4 * 64 / 512 * 2)
+    assert "layers.0.blocks.0.attn2conv.conv.conv1.weight" in state["model"]  # the dynamic variant
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def _fails(capsys, argv):
     with pytest.raises(SystemExit) as e:
