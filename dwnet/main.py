@@ -194,7 +194,7 @@ def build_loader(config, env):
     pin = config.DATA.PIN_MEMORY and env.device.type == "cuda"
     workers = config.DATA.NUM_WORKERS
     loader_train = DataLoader(train_set, sampler=sampler, batch_size=config.DATA.BATCH_SIZE, num_workers=workers,
-                              pin_memory=pin, drop_last=True, persistent_workers=workers > 0)
+                              pin_memory=pin, drop_last=True)  # workers restart every epoch: they see set_epoch
     loader_val = DataLoader(val_set, sampler=cdata.ShardSampler(len(val_set), env.rank, env.world_size),
                             batch_size=config.DATA.BATCH_SIZE, num_workers=workers, pin_memory=pin,
                             drop_last=False)
@@ -298,6 +298,9 @@ def load_checkpoint(config, model, optimizer, lr_scheduler, scaler, log, trust=F
             raise ckpt.CheckpointError(f"{path}: its optimizer / scheduler state does not fit this run "
                                        f"(another config?): {err}") from None
         start_epoch = int(state["epoch"]) + 1
+        config.defrost()
+        config.TRAIN.START_EPOCH = start_epoch
+        config.freeze()
         log(f"=> loaded successfully '{path}' (epoch {state['epoch']})")
         max_accuracy = float(state.get("max_accuracy", 0.0))
     return max_accuracy, start_epoch
