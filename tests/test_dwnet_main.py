@@ -4,7 +4,6 @@ import math
 import os
 import re
 import shutil
-import sys
 
 import pytest
 import torch
@@ -161,7 +160,8 @@ def test_optimizer_groups_and_schedule(tmp_path):
     sched = dmain.build_scheduler(c, opt, n)
     for t in (0, 3, 9, 10, 25, 39):
         sched.step_update(num_updates=t)
-        want = wlr + t * (lr - wlr) / n if t < n else mlr + 0.5 * (lr - mlr) * (1 + math.cos(math.pi * t / (epochs * n)))
+        cosine = mlr + 0.5 * (lr - mlr) * (1 + math.cos(math.pi * t / (epochs * n)))
+        want = wlr + t * (lr - wlr) / n if t < n else cosine
         assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12)
 
 
@@ -332,7 +332,8 @@ def test_other_bad_input_gives_one_message(work, capsys):
 
 
 def test_non_finite_loss_stops_with_one_message(work, capsys):
-    err = _fails(capsys, _argv(work, tag="nan", opts=["TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "TRAIN.BASE_LR", "1e38"]))
+    opts = ["TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "TRAIN.BASE_LR", "1e38"]  # the weights overflow
+    err = _fails(capsys, _argv(work, tag="nan", opts=opts))
     assert "non-finite loss" in err and "Last good checkpoint: (none written yet)" in err
 
 
@@ -353,3 +354,18 @@ def test_two_gloo_processes_with_torchrun(work):
     state = torch.load(os.path.join(folder, "ckpt_epoch_0.pth"), weights_only=True)
     assert state["epoch"] == 0 and state["config"]["TRAIN"]["BASE_LR"] == pytest.approx(5e-4 * 64 / 512)
     assert float(acc) == pytest.approx(_plain_accuracy(folder, "ckpt_epoch_0.pth", work["cfg"]), abs=0.05)
+
+
+@pytest.mark.slow
+def test_official_eval_command_with_torch_distributed_launch(work, trained):
+    """The official README's command: ``python -m torch.distributed.launch --nproc_per_node 1 --master_port
+    12345 main.py --cfg ... --resume ... --data-path ... --eval`` (the launcher passes ``--local-rank=0``)."""
+    from common.ports import free_port
+
+    ckpt = os.path.join(trained["folder"], "ckpt_epoch_1.pth")
+    proc = run_script(["-m", "torch.distributed.launch", "--nproc_per_node", "1", "--master_port", str(free_port()),
+                       "dwnet/main.py", *_argv(work, "--resume", ckpt, "--eval", tag="launch")], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (n, acc), = ACC_LINE.findall(proc.stdout)
+    want = _plain_accuracy(trained["folder"], "ckpt_epoch_1.pth", work["cfg"])
+    assert n == "360" and acc == f"{want:.1f}"
