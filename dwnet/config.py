@@ -10,6 +10,7 @@ read through :mod:`common.config` (safe YAML, ``BASE`` inheritance as officially
 officially (:func:`update_config`). Every YAML file is read safely through :mod:`common.config` (plain YAML
 only, never yacs's own loader); a run's ``config.json`` (YAML text) reads back with :func:`load_config`.
 """
+import argparse
 import os
 
 from common.config import SWIN_FLAG_KEYS, CfgNode, ConfigError
@@ -136,7 +137,10 @@ def update_config(config, args):
     """The official ``update_config(config, args)``, in place: ``args.cfg`` (with its ``BASE`` parents), then
     ``args.opts``, then the flags of :data:`FLAG_KEYS` whose value is truthy, then ``--data-set``, ``--epoch``
     (when not 300, as officially), the local rank, and ``OUTPUT = <output>/<MODEL.NAME>/<TAG>``. Frozen at the
-    end. Bad files, keys or values raise :class:`ConfigError` naming them."""
+    end. ``--cfg`` may also name a shipped config (``dwnet_tiny_patch4_window7_224``). Bad files, keys or values
+    raise :class:`ConfigError` naming them."""
+    if getattr(args, "cfg", None):
+        args = argparse.Namespace(**{**vars(args), "cfg": config_path(args.cfg)})
     _update_config(config, args, flag_keys=FLAG_KEYS, base_key=BASE_KEY)
     config.defrost()
     data_set = getattr(args, "data_set", None)

@@ -112,6 +112,10 @@ def test_yaml_with_base_then_opts_then_flags(tmp_path):
     assert c.TRAIN.EPOCHS == 7  # --epoch (not 300) beats --opts, which beats the file
     assert c.MODEL.DWNET.DEPTHS == [1, 1, 1, 1] and c.TRAIN.BASE_LR == 1e-3 and c.AUG.MIXUP == 0.0
     assert _config(["--cfg", cfg, "--epoch", "300", "--opts", "TRAIN.EPOCHS", "5"]).TRAIN.EPOCHS == 5
+    # a shipped config by name, as dwnet.config.load_config takes it
+    c = _config(["--cfg", "i_dynamic_dwnet_tiny_patch4_window7_224"])
+    assert (c.MODEL.TYPE, c.MODEL.DWNET.INHOMO, c.MODEL.DWNET.INHOMO_HEADS) == ("iddwnet", True, [3, 6, 12, 24])
+    assert c.AMP_OPT_LEVEL == "O1"  # the file's O0 is overridden by the flag's default, as officially
 
 
 def test_config_errors_name_the_key_or_file(tmp_path):
@@ -122,6 +126,8 @@ def test_config_errors_name_the_key_or_file(tmp_path):
         _config(["--cfg", cfg, "--opts", "TRAIN.EPOCHS", "many"])
     evil = tmp_path / "evil.yaml"
     evil.write_text("MODEL: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="unknown DWNet config 'dwnet_huge'; shipped configs: dwnet_base"):
+        _config(["--cfg", "dwnet_huge"])
     with pytest.raises(ConfigError, match="evil.yaml: refused"):
         _config(["--cfg", str(evil)])
     bad = tmp_path / "bad.yaml"
