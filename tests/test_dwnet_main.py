@@ -344,22 +344,37 @@ def test_non_finite_loss_stops_with_one_message(work, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- processes
-@pytest.mark.slow
-def test_two_gloo_processes_with_torchrun(work):
-    """torchrun, 2 CPU processes: a demo epoch; the logged accuracy is the exact one over all 360 images."""
-    argv = _argv(work, tag="ddp", opts=["TRAIN.EPOCHS", "1"])
+def _torchrun(work, tag, opts):
+    argv = _argv(work, tag=tag, opts=opts)
     argv[argv.index("--batch-size") + 1] = "32"
     proc = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                        "dwnet/main.py", *argv], timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    folder = _folder(work, "ddp")
+    return _folder(work, tag)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_with_torchrun_and_exact_resume(work):
+    """torchrun, 2 CPU processes: two demo epochs; the logged accuracy is the exact one over all 360 images;
+    a run killed after epoch 0 and resumed (2 processes again) ends with the same weights."""
+    opts = ["TRAIN.EPOCHS", "2", "TRAIN.AUTO_RESUME", "True"]
+    folder = _torchrun(work, "ddp", opts)
     log = _log(folder)
     assert {n for _, _, _, _, n in TRAIN_LINE.findall(log)} == {"22"}  # 1437 // (32 * 2) steps
-    (n, acc), = ACC_LINE.findall(log)
-    assert n == "360"
-    state = torch.load(os.path.join(folder, "ckpt_epoch_0.pth"), weights_only=True)
-    assert state["epoch"] == 0 and state["config"]["TRAIN"]["BASE_LR"] == pytest.approx(5e-4 * 64 / 512)
-    assert float(acc) == pytest.approx(_plain_accuracy(folder, "ckpt_epoch_0.pth", work["cfg"]), abs=0.05)
+    accs = ACC_LINE.findall(log)
+    assert [n for n, _ in accs] == ["360", "360"]
+    state = torch.load(os.path.join(folder, "ckpt_epoch_1.pth"), weights_only=True)
+    assert state["epoch"] == 1 and state["config"]["TRAIN"]["BASE_LR"] == pytest.approx(5e-4 * 64 / 512)
+    assert float(accs[1][1]) == pytest.approx(_plain_accuracy(folder, "ckpt_epoch_1.pth", work["cfg"]), abs=0.05)
+    resumed = _folder(work, "ddp_resumed")
+    os.makedirs(resumed)
+    shutil.copy(os.path.join(folder, "ckpt_epoch_0.pth"), resumed)
+    _torchrun(work, "ddp_resumed", opts)
+    assert {ep for _, ep, *_ in TRAIN_LINE.findall(_log(resumed))} == {"1"}
+    again = torch.load(os.path.join(resumed, "ckpt_epoch_1.pth"), weights_only=True)
+    for k in state["model"]:
+        assert torch.equal(state["model"][k], again["model"][k]), k
+    assert again["max_accuracy"] == state["max_accuracy"]
 
 
 @pytest.mark.slow
