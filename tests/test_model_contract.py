@@ -1,103 +1,178 @@
-"""The classifier contract (common.models) over every registered variant, the variant table
-(common.registry) and the timm bridge (common.timm_compat) with the calls timm's train.py makes."""
+"""The classifier contract (common.models) over every registered model, the variant table
+(common.registry) and the timm bridge (common.timm_compat) with the calls timm's train.py makes.
+
+Each paper's named variants are contract cases; a constructor without a named variant (DLA's ImageNet
+models) is a case of its own with its default cfg. Cases are built at the smallest size that runs the same
+code: DLA's CIFAR models at depth 20 (two blocks per stage, one case per constructor), the ImageNet models at
+64x64 input and only their 50-layer depth (``SAME_CODE``: the deeper ones are the same classes with longer
+stages, checked against the official outputs in tests/test_dla_models.py)."""
 import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import common.models
 import dianet
-import dwnet
+import dla
 from common.models import ClassifierModel, feature_net
-from common.registry import REQUIRED_PRETRAINED_CFG_KEYS, Registry, UnknownModelError
+from common.registry import REQUIRED_PRETRAINED_CFG_KEYS, Registry, UnknownModelError, Variant
 
 # Every paper registry; each new paper adds its own here.
-REGISTRIES = [dianet.REGISTRY, dwnet.REGISTRY]
-PAPER_MODULES = {"dianet": dianet, "dwnet": dwnet}
-# What differs between the papers' models: the test input side, the data cfg, no_weight_decay(), the module
-# whose ``checkpoint`` grad checkpointing calls and how many calls a forward makes, and the smaller
-# same-width build used where a test does not need the full depth (``None``: the full variant).
-SPEC = {
-    "dianet": dict(size=32, data=dict(input_size=(3, 32, 32), interpolation="bilinear", mean=dianet.CIFAR_MEAN,
-                                      std=dianet.CIFAR_STD, crop_pct=1.0, crop_mode="center"),
-                   no_wd=set(), ckpt_module=common.models, ckpt_calls=lambda m: len(m.stage_names), small=None),
-    "dwnet": dict(size=64, data=dict(input_size=(3, 224, 224), interpolation="bicubic", mean=dwnet.IMAGENET_MEAN,
-                                     std=dwnet.IMAGENET_STD, crop_pct=0.875, crop_mode="center"),
-                  no_wd={"absolute_pos_embed"}, ckpt_module=dwnet.models.dwnet,
-                  ckpt_calls=lambda m: sum(len(m.get_submodule(s).blocks) for s in m.stage_names),
-                  small=dict(depths=(1, 1, 1, 1))),
-}
-ALL = [(r, v) for r in REGISTRIES for v in r.variants()]
-TIMM = [(r, v) for r, v in ALL if v.paper]
-IDS = [v.name for _, v in ALL]
-TIMM_IDS = [v.name for _, v in TIMM]
+REGISTRIES = [dianet.REGISTRY, dla.REGISTRY]
+PAPER_MODULES = {"dianet": dianet, "dla": dla}
+# constructors (without a named variant) that a paper registers in timm under their official names
+TIMM_CONSTRUCTORS = {"dianet": (), "dla": ("resnet50_dla_l", "resnet101_dla_l")}
+# constructor-level overrides that keep the code path and make the case cheap (None: search a small depth)
+SMALL = {"dianet": None, "dla": {"depth": 20}}
+# deeper constructors -> the case that runs the same code (same class, longer stages)
+SAME_CODE = {"dla": {n: re.sub(r"101|152", "50", n) for n in dla.list_models() if re.search(r"101|152", n)}}
+
+
+@dataclass(frozen=True)
+class Case:
+    registry: Registry
+    name: str  #: a named variant, or a constructor without one
+    cfg: Mapping[str, Any]  #: its pretrained_cfg (the variant's, else the constructor's default cfg)
+    variant: Optional[Variant] = None
+    kw: Mapping[str, Any] = field(default_factory=dict)  #: overrides for a cheap build of the same code
+
+    @property
+    def model(self):
+        return self.variant.model if self.variant else self.name
+
+    @property
+    def num_classes(self):
+        return self.cfg["num_classes"]
+
+    @property
+    def size(self):
+        """Input side: the CIFAR 32, the ImageNet models at 64 (every stage still downsamples)."""
+        return 32 if self.cfg["input_size"][-1] == 32 else 64
+
+    @property
+    def pooled(self):
+        """Side of the last feature map at ``size``."""
+        return self.size * self.cfg["pool_size"][0] // self.cfg["input_size"][-1]
+
+    def create(self, **kw):
+        return self.registry.create(self.name, **{**self.kw, **kw})
+
+
+def _cases(registry):
+    small = SMALL[registry.name]
+    out, seen = [], set()
+    for v in registry.variants():
+        if small is not None and v.model in seen:
+            continue  # one small case per constructor: the depths differ only in the number of blocks
+        seen.add(v.model)
+        kw = {k: x for k, x in (small or {}).items() if k in v.kwargs}
+        out.append(Case(registry, v.name, v.pretrained_cfg, v, kw))
+    for name in registry.list_models():
+        if name not in seen and name not in SAME_CODE.get(registry.name, {}):
+            out.append(Case(registry, name, registry.default_cfg(name)))
+    return out
+
+
+ALL = [c for r in REGISTRIES for c in _cases(r)]
+IDS = [f"{c.registry.name}:{c.name}" for c in ALL]
+
+
+def _timm_cases():
+    out = []
+    for r in REGISTRIES:
+        out += [Case(r, v.name, v.pretrained_cfg, v) for v in r.variants(paper=True)]
+        out += [Case(r, n, r.default_cfg(n)) for n in TIMM_CONSTRUCTORS[r.name]]
+    return out
+
+
+TIMM = _timm_cases()
+TIMM_IDS = [f"{c.registry.name}:{c.name}" for c in TIMM]
 
 
 def _x(seed=0, c=3, size=32, batch=1):
     return torch.randn(batch, c, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def _small(registry, v, **over):
-    """The variant at the smallest depth its constructor allows (same family, widths and head)."""
-    if SPEC[registry.name]["small"]:
-        return registry.create(v.name, **SPEC[registry.name]["small"], **over)
-    if "depth" not in v.kwargs:
-        return registry.create(v.name, **over)
+def _small(case, **over):
+    """The case at the smallest depth its constructor allows (same family, widths and head)."""
+    if case.kw or "depth" not in (case.variant.kwargs if case.variant else {}):
+        return case.create(**over)
     for depth in (8, 10, 11):
         try:
-            return registry.create(v.name, depth=depth, **over)
+            return case.create(depth=depth, **over)
         except ValueError:
             continue
-    raise AssertionError(f"no small depth for {v.name}")
+    raise AssertionError(f"no small depth for {case.name}")
+
+
+def _stage(model, name):
+    return model.get_submodule(name)
+
+
+def _blocks(model, name):
+    stage = _stage(model, name)
+    return getattr(stage, model.blocks_attr) if model.blocks_attr else stage
 
 
 @pytest.fixture(scope="module")
 def built():
-    """Each named variant built once, in eval mode (float32, its own init)."""
+    """Each case built once, in eval mode (float32, its own init)."""
     cache = {}
 
-    def get(registry, v):
-        if v.name not in cache:
+    def get(case):
+        key = (case.registry.name, case.name)
+        if key not in cache:
             torch.manual_seed(0)
-            cache[v.name] = registry.create(v.name, **(SPEC[registry.name]["small"] or {})).eval()
-        return cache[v.name]
+            cache[key] = case.create().eval()
+        return cache[key]
 
     return get
 
 
-def test_table_covers_every_constructor():
+def test_contract_covers_every_constructor():
     for r in REGISTRIES:
         assert r.variants(), r.name
-        assert {v.model for v in r.variants()} == set(r.list_models()), r.name
+        cases = [c for c in ALL if c.registry is r]
+        assert {c.model for c in cases} | set(SAME_CODE.get(r.name, {})) == set(r.list_models()), r.name
+        # a constructor outside the table has a complete cfg of its own
+        for c in cases:
+            if c.variant is None:
+                assert all(c.cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), c.name
+    for r_name, same in SAME_CODE.items():
+        reg = PAPER_MODULES[r_name].REGISTRY
+        for deep, case in same.items():
+            assert case in reg.list_models() and reg.default_cfg(deep) == reg.default_cfg(case), deep
 
 
-@pytest.mark.parametrize("registry,v", ALL, ids=IDS)
-def test_forward_is_head_of_features(registry, v, built):
-    model = built(registry, v)
+@pytest.mark.parametrize("case", ALL, ids=IDS)
+def test_forward_is_head_of_features(case, built):
+    model = built(case)
     assert isinstance(model, ClassifierModel)
-    size = SPEC[registry.name]["size"]
-    x = _x(size=size)
+    x = _x(size=case.size)
     with torch.no_grad():
         feats = model.forward_features(x)
         out = model(x)
         assert torch.equal(out, model.forward_head(feats))
         pre = model.forward_head(feats, pre_logits=True)
-    assert out.shape == (1, v.num_classes) and model.num_classes == v.num_classes
-    assert feats.shape == (1, model.num_features) + (size // model.feature_info[-1]["reduction"],) * 2
+    assert out.shape == (1, case.num_classes) and model.num_classes == case.num_classes
+    assert feats.shape == (1, model.num_features, case.pooled, case.pooled)
     assert pre.shape == (1, model.num_features)
     assert torch.allclose(pre, feats.mean(dim=(2, 3)), rtol=0, atol=1e-6)
     head = model.get_classifier()
-    assert head is getattr(model, v.pretrained_cfg["classifier"])
+    assert head is getattr(model, case.cfg["classifier"])
     assert torch.allclose(out, F.linear(pre, head.weight, head.bias), rtol=0, atol=1e-5)
-    assert model.no_weight_decay() == SPEC[registry.name]["no_wd"]
+    assert model.no_weight_decay() == set()
 
 
-@pytest.mark.parametrize("registry,v", ALL, ids=IDS)
-def test_reset_classifier(registry, v, built):
-    model = copy.deepcopy(built(registry, v))
-    size = SPEC[registry.name]["size"]
-    x = _x(1, size=size)
+@pytest.mark.parametrize("case", ALL, ids=IDS)
+def test_reset_classifier(case, built):
+    model = copy.deepcopy(built(case))
+    x = _x(1, size=case.size)
     keys = list(model.state_dict())
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -110,98 +185,118 @@ def test_reset_classifier(registry, v, built):
         model.reset_classifier(0, global_pool="max")
         assert torch.equal(model(x), model.forward_features(x).amax(dim=(2, 3)))
         model.reset_classifier(0, "")
-        assert model(x).shape == (1, model.num_features) + (size // model.feature_info[-1]["reduction"],) * 2
+        assert model(x).shape == (1, model.num_features, case.pooled, case.pooled)
     with pytest.raises(ValueError, match="num_classes=0"):
         model.reset_classifier(3, "")
 
 
-@pytest.mark.parametrize("registry,v", ALL, ids=IDS)
-def test_features_only_matches_feature_info(registry, v, built):
-    model = built(registry, v)
+def _model_key(key, children):
+    """The model's state_dict key of a feature extractor's key: timm's FeatureListNet flattens a top-level
+    Sequential one level and names its children ``<name>_<i>`` (``stages_0.x`` is ``stages.0.x``)."""
+    top, _, rest = key.partition(".")
+    if top not in children:
+        top = ".".join(top.rsplit("_", 1))
+    return f"{top}.{rest}"
+
+
+@pytest.mark.parametrize("case", ALL, ids=IDS)
+def test_features_only_matches_feature_info(case, built):
+    model = built(case)
     info = model.feature_info
     assert [set(i) >= {"num_chs", "reduction", "module"} for i in info] == [True] * len(info)
-    size = SPEC[registry.name]["size"]
-    x = _x(2, size=size)
+    x = _x(2, size=case.size)
     net = feature_net(model)  # shares the model's modules
     with torch.no_grad():
         maps = net(x)
         feats = model.forward_features(x)
     assert [m.shape[1] for m in maps] == [i["num_chs"] for i in info]
-    assert [size // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
+    assert [case.size // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
     assert torch.equal(maps[-1], feats)  # the last map is forward_features
     assert net.feature_info.channels() == [i["num_chs"] for i in info]
     # the registry's own create(features_only=True), and a subset of the maps
-    torch.manual_seed(0)
-    sub = registry.create(v.name, features_only=True, out_indices=(0, -1), **(SPEC[registry.name]["small"] or {}))
-    sub.load_state_dict({k: t for k, t in model.state_dict().items() if k.split(".")[0] in dict(sub.named_children())})
+    torch.manual_seed(1)  # other weights than the model's until loaded
+    sub = case.create(features_only=True, out_indices=(0, -1))
+    full, children = model.state_dict(), dict(model.named_children())
+    sub.load_state_dict({k: full[_model_key(k, children)] for k in sub.state_dict()})  # strict: every key
     with torch.no_grad():
         got = sub.eval()(x)
     assert len(got) == 2 and torch.equal(got[0], maps[0]) and torch.equal(got[1], maps[-1])
 
 
-@pytest.mark.parametrize("registry,v", ALL, ids=IDS)
-def test_grad_checkpointing_equal_outputs_and_grads(registry, v, monkeypatch):
+@pytest.mark.parametrize("case", ALL, ids=IDS)
+def test_grad_checkpointing_equal_outputs_and_grads(case, monkeypatch):
     torch.manual_seed(0)
-    ref = _small(registry, v).double().train()
+    ref = _small(case).double().train()
     ckpt = copy.deepcopy(ref)
     ckpt.set_grad_checkpointing(True)
     calls = []
-    site = SPEC[registry.name]["ckpt_module"]
-    real = site.checkpoint
-    monkeypatch.setattr(site, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    x = _x(3, size=SPEC[registry.name]["size"], batch=2).double()
-    w = torch.randn(2, v.num_classes, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    real = common.models.checkpoint
+    monkeypatch.setattr(common.models, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = _x(3, batch=2, size=case.size).double()
+    w = torch.randn(2, case.num_classes, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     outs = []
     for m in (ref, ckpt):
-        torch.manual_seed(5)  # same dropout masks
+        torch.manual_seed(5)  # same dropout / drop-path masks
         out = m(x)
         (out * w).sum().backward()
         outs.append(out.detach())
-    n_calls = SPEC[registry.name]["ckpt_calls"](ckpt)
-    assert len(calls) == n_calls  # every stage (or block) ran under torch.utils.checkpoint
+    assert len(calls) == len(ckpt.stage_names)  # every stage ran under torch.utils.checkpoint
     assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-12)
     for (k, a), b in zip(ref.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-12), k
     with torch.no_grad():  # no checkpointing without autograd
         ckpt(x)
-    assert len(calls) == n_calls
+    assert len(calls) == len(ckpt.stage_names)
 
 
-@pytest.mark.parametrize("registry,v", ALL, ids=IDS)
-def test_group_matcher_covers_every_parameter(registry, v, built):
+@pytest.mark.parametrize("case", ALL, ids=IDS)
+def test_group_matcher_covers_every_parameter(case, built):
     from timm.models import group_parameters
 
-    model = built(registry, v)
+    model = built(case)
     n = len(list(model.parameters()))
     names = [k for k, _ in model.trunk()]
     stem = names[: names.index(model.stage_names[0].split(".")[0])]
-    blocks = sum(len(getattr(model.get_submodule(s), model.blocks_attr)) for s in model.stage_names)
+    blocks = sum(len(_blocks(model, s)) for s in model.stage_names)
+    assert blocks > len(model.stage_names)  # at least one stage of several blocks
     for coarse, n_groups in ((True, 2 + len(model.stage_names)), (False, 2 + blocks)):
         groups = group_parameters(model, model.group_matcher(coarse=coarse))
         assert sum(len(g) for g in groups.values()) == n
-        assert len(groups) == n_groups  # stem, stages (or blocks; the DIA cell / final norm join the last), head
-        first, *_, last = groups.values()
+        assert len(groups) == n_groups  # stem, stages (or blocks; the stage's shared cells / final norm join
+        first, *_, last = groups.values()  # its last block), head
         assert all(p.split(".")[0] in stem for p in first)
-        assert all(p.startswith(v.pretrained_cfg["classifier"] + ".") for p in last)
+        assert all(p.startswith(case.cfg["classifier"] + ".") for p in last)
 
 
 # ------------------------------------------------------------------------------------------
 # The variant table
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("registry,v", ALL, ids=IDS)
-def test_pretrained_cfg_complete(registry, v):
+def _expected_norm(case):
+    if case.cfg["input_size"] == (3, 32, 32):
+        mod = PAPER_MODULES[case.registry.name]
+        return mod.CIFAR_MEAN, mod.CIFAR_STD
+    assert case.cfg["input_size"] == (3, 224, 224)
+    return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+
+VARIANT_CASES = [Case(r, v.name, v.pretrained_cfg, v) for r in REGISTRIES for v in r.variants()] + \
+    [c for c in ALL if c.variant is None]
+
+
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=[f"{c.registry.name}:{c.name}" for c in VARIANT_CASES])
+def test_pretrained_cfg_complete(case):
     from timm.models._pretrained import PretrainedCfg
 
-    cfg = v.pretrained_cfg
-    assert all(cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), v.name
+    cfg = case.cfg
+    assert all(cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), case.name
     PretrainedCfg(**cfg)  # only timm's field names
-    data = SPEC[registry.name]["data"]
-    assert (cfg["input_size"], cfg["mean"], cfg["std"]) == (data["input_size"], data["mean"], data["std"])
-    model = registry.create(v.name)
-    assert model.pretrained_cfg["architecture"] == v.name
-    assert type(model.get_submodule(cfg["first_conv"])).__name__ == "Conv2d"
+    assert (cfg["mean"], cfg["std"]) == _expected_norm(case)
+    model = case.create()
+    if case.variant is not None:
+        assert model.pretrained_cfg["architecture"] == case.name
+        assert case.variant.describe().startswith(f"{case.model}(num_classes={case.num_classes}, ")
+    assert type(getattr(model, cfg["first_conv"])).__name__ == "Conv2d"
     assert getattr(model, cfg["classifier"]).out_features == cfg["num_classes"]
-    assert v.describe().startswith(f"{v.model}(num_classes={v.num_classes}, ")
 
 
 def test_registry_variant_api():
@@ -242,8 +337,9 @@ def test_benchmark_aliases_come_from_the_table():
     spec = importlib.util.spec_from_file_location("layerzoo_throughput_contract", path)
     tp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tp)
-    assert tp.ALIASES == {f"{r.name}:{v.name}": (r.name, v.model, v.build_kwargs()) for r, v in TIMM
-                          if r.name in tp.PAPERS}
+    assert "dianet" in tp.PAPERS and set(tp.PAPERS) <= set(PAPER_MODULES)
+    assert tp.ALIASES == {f"{r.name}:{v.name}": (r.name, v.model, v.build_kwargs())
+                          for r in REGISTRIES if r.name in tp.PAPERS for v in r.variants(paper=True)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -260,29 +356,30 @@ def _train_py_create(name, **over):
     return timm.create_model(name, **kw)
 
 
-@pytest.mark.parametrize("registry,v", TIMM, ids=TIMM_IDS)
-def test_timm_train_py_calls(registry, v):
+@pytest.mark.parametrize("case", TIMM, ids=TIMM_IDS)
+def test_timm_train_py_calls(case):
     from timm.data import resolve_data_config
     from timm.optim import create_optimizer_v2
 
     torch.manual_seed(0)
-    small = SPEC[registry.name]["small"] or {}
-    model = _train_py_create(v.name, **small)
-    assert model.num_classes == v.num_classes  # train.py reads it when --num-classes is not given
+    model = _train_py_create(case.name)
+    assert model.num_classes == case.num_classes  # train.py reads it when --num-classes is not given
     cfg = model.pretrained_cfg
-    assert cfg["architecture"] == v.name
-    assert {k: cfg[k] for k in v.pretrained_cfg} == dict(v.pretrained_cfg)
+    assert cfg["architecture"] == case.name
+    assert {k: cfg[k] for k in case.cfg} == dict(case.cfg)
     data = resolve_data_config({}, model=model)
-    assert data == SPEC[registry.name]["data"]
+    mean, std = _expected_norm(case)
+    assert data == dict(input_size=case.cfg["input_size"], interpolation="bilinear", mean=mean, std=std,
+                        crop_pct=case.cfg["crop_pct"], crop_mode="center")
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     # same module and weights as ours
-    ours = PAPER_MODULES[registry.name].create_model(v.name, **small)
+    ours = PAPER_MODULES[case.registry.name].create_model(case.name)
     assert type(ours) is type(model) and list(ours.state_dict()) == list(model.state_dict())
     ours.load_state_dict(model.state_dict())
-    x = _x(6, size=SPEC[registry.name]["size"])
+    x = _x(6, size=case.size)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), ours.eval()(x))
 
@@ -351,7 +448,7 @@ def test_timm_registration_does_not_shadow_or_pollute():
     from common.timm_compat import register_timm
 
     for r in REGISTRIES:
-        names = [v.name for v in r.variants(paper=True)]
+        names = [v.name for v in r.variants(paper=True)] + list(TIMM_CONSTRUCTORS[r.name])
         assert sorted(timm.list_models(module="layerzoo_" + r.name)) == sorted(names)
         mod = PAPER_MODULES[r.name]
         for name in names:

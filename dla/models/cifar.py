@@ -165,6 +165,8 @@ class CifarLayerAttentionNet(_CifarNet):
     stage_names = ("stages.0", "stages.1", "stages.2")
 
     def _build_stages(self, bottleneck, n):
+        if self.arch != "mrla_base":
+            self.blocks_attr = "layers"  # the DLA stages keep their blocks in ``layers``
         self.stages = nn.Sequential(*[self._stage(p, n, 1 if i == 0 else 2) for i, p in enumerate((16, 32, 64))])
 
     def _stage(self, planes, n, stride):
