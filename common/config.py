@@ -75,8 +75,8 @@ def read_yaml(path):
     unsafe construct, or does not hold a mapping at its top level.
     """
     path = os.fspath(path)
-    if os.path.splitext(path)[1].lower() not in ("", ".yaml", ".yml"):
-        raise ConfigError(f"{path}: a config must be a .yaml / .yml file")
+    if os.path.splitext(path)[1].lower() not in ("", ".yaml", ".yml", ".json"):  # Swin's config.json is YAML text
+        raise ConfigError(f"{path}: a config must be a .yaml / .yml file (or a config.json of YAML text)")
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)

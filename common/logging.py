@@ -52,13 +52,14 @@ class _Formatter(logging.Formatter):
     """``log(...)`` lines and INFO messages as they are; ``warning: ...`` / ``error: ...`` above INFO;
     ``[rank r] `` in front on the other ranks when they are asked to print."""
 
-    def __init__(self, prefix=""):
-        super().__init__("%(message)s")
+    def __init__(self, prefix="", fmt=None, datefmt=None):
+        super().__init__(fmt or "%(message)s", datefmt)
         self.prefix = prefix
+        self.plain = fmt is None
 
     def format(self, record):
         text = super().format(record)
-        if record.levelno >= logging.WARNING and not hasattr(record, _PRINT_END):
+        if self.plain and record.levelno >= logging.WARNING and not hasattr(record, _PRINT_END):
             text = f"{record.levelname.lower()}: {text}"
         return self.prefix + text
 
@@ -76,7 +77,7 @@ def _default_rank():
 
 
 def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks=None, filename="console.log",
-                  level=logging.INFO):
+                  level=logging.INFO, fmt=None, datefmt=None):
     """Set up the console of this process and return ``log``, a ``print``-like callable.
 
     * rank 0 (``rank=None``: the initialised process group's rank, else ``$RANK``, else 0): ``log(...)`` and
@@ -89,6 +90,9 @@ def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks
     ``log(*values, sep=" ", end="\\n", file=None, flush=False)`` writes exactly what ``print`` would (the
     official log lines keep their format); ``file=`` other than stdout bypasses the set-up and prints there.
     ``log.logger`` is the ``logging.Logger`` called ``name``, ``log.enabled`` tells whether this rank prints.
+    ``fmt`` / ``datefmt``: a :class:`logging.Formatter` format for every line (e.g. Swin's
+    ``[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s``; ``%(filename)s`` /
+    ``%(lineno)d`` name the caller of ``log``); default: the message alone.
     The handlers are installed on the root logger (so ``logging.getLogger(__name__)`` of every module reaches
     them) and replace those of an earlier call; other handlers are left alone.
     """
@@ -98,7 +102,7 @@ def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks
     enabled = rank == 0 or bool(verbose_all_ranks)
     close_logging()
     root = logging.getLogger()
-    formatter = _Formatter("" if rank == 0 else f"[rank {rank}] ")
+    formatter = _Formatter("" if rank == 0 else f"[rank {rank}] ", fmt, datefmt)
     handlers = [_ConsoleHandler()]
     if output_dir is not None and enabled:
         handlers.append(_FileHandler(os.path.join(os.path.abspath(os.fspath(output_dir)), filename)))
@@ -118,7 +122,7 @@ def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks
             print(*values, sep=sep, end=end, file=file, flush=flush)
             return
         text = (" " if sep is None else sep).join(str(v) for v in values)
-        logger.info("%s", text, extra={_PRINT_END: "\n" if end is None else end})
+        logger.info("%s", text, extra={_PRINT_END: "\n" if end is None else end}, stacklevel=2)
 
     log.logger = logger
     log.enabled = enabled

@@ -5,19 +5,26 @@ read through :mod:`common.config` (safe YAML, ``BASE`` inheritance as officially
     cfg = load_config("configs/x.yaml", opts=["MODEL.DROP_PATH_RATE", "0.1"])
     model = dwnet.models.build_model(cfg)
 
-``get_config(args)`` (the command-line flags of ``main.py``) belongs to the script; :data:`FLAG_KEYS` is
-the flag table it applies with :func:`common.config.update_config`.
+``get_config(args)`` is the official entry point of ``main.py``: the defaults, then ``--cfg`` (with its
+``BASE`` parents), then ``--opts``, then the flags (:data:`FLAG_KEYS`, ``--data-set``, ``--epoch``), as
+officially (:func:`update_config`). Every YAML file is read safely through :mod:`common.config` (plain YAML
+only, never yacs's own loader); a run's ``config.json`` (YAML text) reads back with :func:`load_config`.
 """
+import argparse
 import os
 
 from common.config import SWIN_FLAG_KEYS, CfgNode, ConfigError
 from common.config import load_config as _load_config
+from common.config import update_config as _update_config
 
-__all__ = ["CONFIG_DIR", "BASE_KEY", "FLAG_KEYS", "get_defaults", "config_names", "config_path", "load_config"]
+__all__ = ["CONFIG_DIR", "BASE_KEY", "FLAG_KEYS", "DATA_SETS", "AMP_LEVELS", "get_defaults", "config_names",
+           "config_path", "load_config", "update_config", "get_config"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 BASE_KEY = "BASE"  # the official inheritance key (Swin's)
-FLAG_KEYS = dict(SWIN_FLAG_KEYS)
+FLAG_KEYS = dict(SWIN_FLAG_KEYS)  # main.py flag (argparse dest) -> key, applied when truthy (Swin's rule)
+DATA_SETS = {"IMNET": "imagenet", "CIFAR": "cifar"}  # --data-set -> DATA.DATASET
+AMP_LEVELS = ("O0", "O1", "O2")  # --amp-opt-level / AMP_OPT_LEVEL (torch.amp in main.py)
 
 _C = CfgNode()
 _C.BASE = [""]
@@ -124,3 +131,32 @@ def load_config(name_or_path=None, opts=(), freeze=True):
     then ``opts`` (``KEY VALUE ...``). Unknown keys and wrong types are one :class:`ConfigError` naming them."""
     path = config_path(name_or_path) if name_or_path else None
     return _load_config(path, defaults=_C, opts=opts, freeze=freeze, base_key=BASE_KEY)
+
+
+def update_config(config, args):
+    """The official ``update_config(config, args)``, in place: ``args.cfg`` (with its ``BASE`` parents), then
+    ``args.opts``, then the flags of :data:`FLAG_KEYS` whose value is truthy, then ``--data-set``, ``--epoch``
+    (when not 300, as officially), the local rank, and ``OUTPUT = <output>/<MODEL.NAME>/<TAG>``. Frozen at the
+    end. ``--cfg`` may also name a shipped config (``dwnet_tiny_patch4_window7_224``). Bad files, keys or values
+    raise :class:`ConfigError` naming them."""
+    if getattr(args, "cfg", None):
+        args = argparse.Namespace(**{**vars(args), "cfg": config_path(args.cfg)})
+    _update_config(config, args, flag_keys=FLAG_KEYS, base_key=BASE_KEY)
+    config.defrost()
+    data_set = getattr(args, "data_set", None)
+    if data_set:
+        config.DATA.DATASET = DATA_SETS[data_set]
+    epoch = getattr(args, "epoch", None)
+    if epoch is not None and epoch != 300:
+        config.TRAIN.EPOCHS = int(epoch)
+    local_rank = getattr(args, "local_rank", None)
+    if local_rank is not None and local_rank >= 0:
+        config.LOCAL_RANK = int(local_rank)
+    config.OUTPUT = os.path.join(config.OUTPUT, config.MODEL.NAME, config.TAG)
+    config.freeze()
+    return config
+
+
+def get_config(args):
+    """The official entry point: the defaults updated from ``main.py``'s command line (:func:`update_config`)."""
+    return update_config(get_defaults(), args)

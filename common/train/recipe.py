@@ -72,12 +72,36 @@ def timm_transform(train, img_size=224, *, auto_augment="rand-m9-mstd0.5-inc1", 
     """
     from timm.data import create_transform
 
+    _posterize_keeps_zero_bits()
     if train:
         return create_transform(img_size, is_training=True, auto_augment=auto_augment, color_jitter=color_jitter,
                                 re_prob=re_prob, re_mode=re_mode, re_count=re_count, interpolation=interpolation,
                                 hflip=hflip, scale=scale, ratio=ratio, mean=mean, std=std)
     return create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct, mean=mean,
                             std=std)
+
+
+def _posterize_keeps_zero_bits():
+    """Pillow 13 refuses ``ImageOps.posterize(img, 0)``, which timm's RandAugment asks for at the top magnitude
+    of the ``inc1`` policies (PosterizeIncreasing keeps 4 down to 0 bits), so ``rand-m9-mstd0.5-inc1`` fails
+    after a few hundred images. Earlier Pillow returned the image with every value 0; timm's posterize ops are
+    registered again with that result for 0 bits (idempotent; other bit counts go to timm's op unchanged)."""
+    from timm.data import auto_augment as aa
+
+    orig = aa.posterize
+    if getattr(orig, "keeps_zero_bits", False):
+        return
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep <= 0:
+            return img.point([0] * 256 * len(img.getbands()))
+        return orig(img, bits_to_keep, **kwargs)
+
+    posterize.keeps_zero_bits = True
+    for name, op in list(aa.NAME_TO_OP.items()):
+        if op is orig:
+            aa.NAME_TO_OP[name] = posterize
+    aa.posterize = posterize
 
 
 # ---------------------------------------------------------------- mixup / cutmix and the loss
