@@ -173,6 +173,6 @@ def feature_net(model, out_indices=None, **kwargs):
     if bad:
         raise ValueError(f"{type(model).__name__}: out_indices {bad} out of range for {n} feature maps "
                          f"(valid: 0..{n - 1} or negative)")
-    # stage maps named inside a top-level Sequential ('stages.0') need timm's one-level flattening
-    kwargs.setdefault("flatten_sequential", any("." in i["module"] for i in model.feature_info))
-    return FeatureListNet(model, out_indices=tuple(i % n for i in out_indices), **kwargs)
+    # a trunk that is not a chain of children (state carried across stages) names its own class
+    return getattr(model, "feature_cls", FeatureListNet)(model, out_indices=tuple(i % n for i in out_indices),
+                                                         **kwargs)
