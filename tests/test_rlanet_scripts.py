@@ -118,12 +118,10 @@ def test_resume_continues_at_next_epoch_exactly(one_epoch, demo_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_multiprocessing_distributed_two_gloo_processes(one_epoch, demo_dir, tmp_path):
-    """--multiprocessing-distributed with 2 CPU processes (each takes half of -b); with --sync-bn the run
-    follows the single-process one."""
+def test_multiprocessing_distributed_two_gloo_processes(demo_dir, tmp_path):
+    """--multiprocessing-distributed with 2 CPU gloo processes (each takes half of -b), sync-BN on."""
     from common.ports import free_port
 
-    wd, folder, _ = one_epoch
     proc = run_script([os.path.join("rlanet", "train.py"), *TINY, "--demo", demo_dir, "--work-dir", str(tmp_path),
                        "--epochs", "1", "--multiprocessing-distributed", "--nprocs", "2", "--world-size", "1",
                        "--rank", "0", "--dist-url", f"tcp://127.0.0.1:{free_port()}", "--sync-bn"], timeout=300)
@@ -133,11 +131,11 @@ def test_multiprocessing_distributed_two_gloo_processes(one_epoch, demo_dir, tmp
     assert state["epoch"] == 1 and all(k.startswith("module.") for k in state["state_dict"])
     for name in ("loss_plot.txt", "train_acc1.txt", "val_acc1.txt"):  # rank 0 only: one line each
         assert [e for e, _ in _curve(run, name)] == [0]
-    single = torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)["state_dict"]
-    (_, loss2), (_, loss1) = _curve(run, "loss_plot.txt")[0], _curve(folder, "loss_plot.txt")[0]
-    assert abs(loss2 - loss1) < 1e-3 * abs(loss1)
-    w = "module.classifier.1.weight"
-    assert torch.allclose(state["state_dict"][w], single[w], rtol=1e-2, atol=1e-4)
+    # the validation shards of the two processes add up to the whole set: the logged accuracy is the saved
+    # weights' accuracy over all 360 images (dropout draws differ from one process, so no equality with it)
+    top1, top5 = _plain_accuracy(state["state_dict"], demo_dir)
+    assert abs(_curve(run, "val_acc1.txt")[0][1] - top1) < 1e-9 and abs(_curve(run, "val_acc5.txt")[0][1] - top5) < 1e-9
+    assert state["best_acc1"] == _curve(run, "val_acc1.txt")[0][1]
 
 
 def test_lr_rules_and_light_defaults():
