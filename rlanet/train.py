@@ -33,6 +33,8 @@ Fixed official defects:
   cannot parse for a CPU run); a resumed run first drops the lines of epochs it trains again;
 * ``best_acc1`` is stored as a float (officially a CUDA tensor inside the checkpoint);
 * runs on CPU (gloo processes with ``--multiprocessing-distributed``); ``target.cuda()`` is not hard-coded;
+* under torchrun / ``slurm/launch.py`` (``WORLD_SIZE`` set) ``--multiprocessing-distributed`` does not spawn
+  again: each launched process is one rank;
 * validation is sharded over the processes and summed exactly (officially every rank evaluates the whole set);
 * ``--resume`` reads the file safely (``weights_only``; ``--trust-checkpoint`` for a trusted file), restores the
   RNG state, the seed and the data order, so a resumed run continues exactly where it stopped; a missing or
@@ -339,6 +341,9 @@ def main_worker(env, args):
 
 def main(argv=None, kind="train"):
     args = get_parser(kind).parse_args(argv)
+    if getattr(args, "multiprocessing_distributed", False) and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # torchrun / slurm/launch.py already started the processes: each is one of them, none spawns more
+        args.multiprocessing_distributed = False
     return D.launch_examples(main_worker, args, nprocs=args.nprocs, device=args.device)
 
 
