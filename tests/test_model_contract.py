@@ -8,12 +8,14 @@ import torch.nn.functional as F
 
 import common.models
 import dianet
+import rlanet
 from common.models import ClassifierModel, feature_net
 from common.registry import REQUIRED_PRETRAINED_CFG_KEYS, Registry, UnknownModelError
 
 # Every paper registry; each new paper adds its own here.
-REGISTRIES = [dianet.REGISTRY]
-PAPER_MODULES = {"dianet": dianet}
+REGISTRIES = [dianet.REGISTRY, rlanet.REGISTRY]
+PAPER_MODULES = {"dianet": dianet, "rlanet": rlanet}
+SIZE = {"dianet": 32, "rlanet": 64}  # test input size per registry (CIFAR nets; ImageNet nets of stride 32)
 ALL = [(r, v) for r in REGISTRIES for v in r.variants()]
 TIMM = [(r, v) for r, v in ALL if v.paper]
 IDS = [v.name for _, v in ALL]
@@ -26,6 +28,8 @@ def _x(seed=0, c=3, size=32, batch=1):
 
 def _small(registry, v, **over):
     """The variant at the smallest depth its constructor allows (same family, widths and head)."""
+    if "layers" in v.kwargs:  # ImageNet ResNets: one block per stage
+        return registry.create(v.name, layers=(1, 1, 1, 1), **over)
     if "depth" not in v.kwargs:
         return registry.create(v.name, **over)
     for depth in (8, 10, 11):
@@ -60,18 +64,20 @@ def test_table_covers_every_constructor():
 def test_forward_is_head_of_features(registry, v, built):
     model = built(registry, v)
     assert isinstance(model, ClassifierModel)
-    x = _x()
+    size = SIZE[registry.name]
+    x = _x(size=size)
+    side = size // model.feature_info[-1]["reduction"]
     with torch.no_grad():
         feats = model.forward_features(x)
         out = model(x)
         assert torch.equal(out, model.forward_head(feats))
         pre = model.forward_head(feats, pre_logits=True)
     assert out.shape == (1, v.num_classes) and model.num_classes == v.num_classes
-    assert feats.shape == (1, model.num_features, 8, 8)
+    assert feats.shape == (1, model.num_features, side, side)
     assert pre.shape == (1, model.num_features)
     assert torch.allclose(pre, feats.mean(dim=(2, 3)), rtol=0, atol=1e-6)
     head = model.get_classifier()
-    assert head is getattr(model, v.pretrained_cfg["classifier"])
+    assert head is model.get_submodule(v.pretrained_cfg["classifier"])
     assert torch.allclose(out, F.linear(pre, head.weight, head.bias), rtol=0, atol=1e-5)
     assert model.no_weight_decay() == set()
 
@@ -79,7 +85,9 @@ def test_forward_is_head_of_features(registry, v, built):
 @pytest.mark.parametrize("registry,v", ALL, ids=IDS)
 def test_reset_classifier(registry, v, built):
     model = copy.deepcopy(built(registry, v))
-    x = _x(1)
+    size = SIZE[registry.name]
+    x = _x(1, size=size)
+    side = size // model.feature_info[-1]["reduction"]
     keys = list(model.state_dict())
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -92,7 +100,7 @@ def test_reset_classifier(registry, v, built):
         model.reset_classifier(0, global_pool="max")
         assert torch.equal(model(x), model.forward_features(x).amax(dim=(2, 3)))
         model.reset_classifier(0, "")
-        assert model(x).shape == (1, model.num_features, 8, 8)
+        assert model(x).shape == (1, model.num_features, side, side)
     with pytest.raises(ValueError, match="num_classes=0"):
         model.reset_classifier(3, "")
 
@@ -102,14 +110,16 @@ def test_features_only_matches_feature_info(registry, v, built):
     model = built(registry, v)
     info = model.feature_info
     assert [set(i) >= {"num_chs", "reduction", "module"} for i in info] == [True] * len(info)
-    x = _x(2)
+    size = SIZE[registry.name]
+    x = _x(2, size=size)
     net = feature_net(model)  # shares the model's modules
     with torch.no_grad():
         maps = net(x)
         feats = model.forward_features(x)
     assert [m.shape[1] for m in maps] == [i["num_chs"] for i in info]
-    assert [32 // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
-    assert torch.equal(maps[-1], feats)  # the last map is forward_features
+    assert [size // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
+    # the last map is forward_features (RLA-ResNet: its first channels, before the recurrent state)
+    assert torch.equal(maps[-1], feats[:, :maps[-1].shape[1]])
     assert net.feature_info.channels() == [i["num_chs"] for i in info]
     # the registry's own create(features_only=True), and a subset of the maps
     torch.manual_seed(0)
@@ -129,7 +139,7 @@ def test_grad_checkpointing_equal_outputs_and_grads(registry, v, monkeypatch):
     calls = []
     real = common.models.checkpoint
     monkeypatch.setattr(common.models, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    x = _x(3, batch=2).double()
+    x = _x(3, batch=2, size=SIZE[registry.name]).double()
     w = torch.randn(2, v.num_classes, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     outs = []
     for m in (ref, ckpt):
@@ -152,14 +162,15 @@ def test_group_matcher_covers_every_parameter(registry, v, built):
 
     model = built(registry, v)
     n = len(list(model.parameters()))
-    stem = [k for k, _ in model.trunk()][: [k for k, _ in model.trunk()].index(model.stage_names[0])]
-    blocks = sum(len(getattr(getattr(model, s), model.blocks_attr)) for s in model.stage_names)
+    stages = [model.get_submodule(s) for s in model.stage_names]  # a stage may sit in a container: stages.0
+    stages = [getattr(s, model.blocks_attr) if model.blocks_attr else s for s in stages]
+    blocks = sum(len(s) if isinstance(s, (torch.nn.Sequential, torch.nn.ModuleList)) else 1 for s in stages)
     for coarse, n_groups in ((True, 2 + len(model.stage_names)), (False, 2 + blocks)):
         groups = group_parameters(model, model.group_matcher(coarse=coarse))
         assert sum(len(g) for g in groups.values()) == n
         assert len(groups) == n_groups  # stem, stages (or blocks; the DIA cell / final norm join the last), head
         first, *_, last = groups.values()
-        assert all(p.split(".")[0] in stem for p in first)
+        assert not any(p.startswith(s + ".") for p in first for s in model.stage_names)  # the stem
         assert all(p.startswith(v.pretrained_cfg["classifier"] + ".") for p in last)
 
 
@@ -173,11 +184,17 @@ def test_pretrained_cfg_complete(registry, v):
     cfg = v.pretrained_cfg
     assert all(cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), v.name
     PretrainedCfg(**cfg)  # only timm's field names
-    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == dianet.CIFAR_MEAN and cfg["std"] == dianet.CIFAR_STD
+    if registry is dianet.REGISTRY:
+        assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == dianet.CIFAR_MEAN and cfg["std"] == dianet.CIFAR_STD
+    else:
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        assert cfg["input_size"] == (3, 224, 224) and cfg["mean"] == IMAGENET_DEFAULT_MEAN
+        assert cfg["std"] == IMAGENET_DEFAULT_STD
     model = registry.create(v.name)
     assert model.pretrained_cfg["architecture"] == v.name
-    assert type(getattr(model, cfg["first_conv"])).__name__ == "Conv2d"
-    assert getattr(model, cfg["classifier"]).out_features == cfg["num_classes"]
+    assert type(model.get_submodule(cfg["first_conv"])).__name__ == "Conv2d"
+    assert model.get_submodule(cfg["classifier"]).out_features == cfg["num_classes"]
     assert v.describe().startswith(f"{v.model}(num_classes={v.num_classes}, ")
 
 
@@ -248,17 +265,17 @@ def test_timm_train_py_calls(registry, v):
     assert cfg["architecture"] == v.name
     assert {k: cfg[k] for k in v.pretrained_cfg} == dict(v.pretrained_cfg)
     data = resolve_data_config({}, model=model)
-    assert data == dict(input_size=(3, 32, 32), interpolation="bilinear", mean=dianet.CIFAR_MEAN,
-                        std=dianet.CIFAR_STD, crop_pct=1.0, crop_mode="center")
+    assert data == {k: v.pretrained_cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct",
+                                                     "crop_mode")}
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     # same module and weights as ours
-    ours = dianet.create_model(v.name)
+    ours = PAPER_MODULES[registry.name].create_model(v.name)
     assert type(ours) is type(model) and list(ours.state_dict()) == list(model.state_dict())
     ours.load_state_dict(model.state_dict())
-    x = _x(6)
+    x = _x(6, size=SIZE[registry.name])
     with torch.no_grad():
         assert torch.equal(model.eval()(x), ours.eval()(x))
 

@@ -11,8 +11,8 @@ from common.timm_compat import register_registry
 from ._registry import REGISTRY, StageFeatures, imagenet_cfg
 from .mobilenetv2 import InvertedResidual, MobileNetV2, MobileNetV2Base
 from .resnet import Bottleneck, ResNet, ResNet_k, ResNetBase
-from .rla_mobilenetv2 import RLAInvertedResidual, RLAMobileNetV2, RLA_MobileNetV2, dsRLA_MobileNetV2
-from .rla_resnet import RLABottleneck, RLAResNet, RLA_ResNet
+from .mobilenetv2_rla import RLAInvertedResidual, RLAMobileNetV2, RLA_MobileNetV2, dsRLA_MobileNetV2
+from .resnet_rla import RLABottleneck, RLAResNet, RLA_ResNet
 
 __all__ = [
     "REGISTRY", "StageFeatures", "imagenet_cfg", "RLABottleneck", "RLAResNet", "RLA_ResNet",
@@ -55,10 +55,30 @@ def _table():
         rows += [(f"resnext{d}_32x4d", "ResNet", base, {}, False),
                  (f"resnext{d}_32x4d_se", "ResNet", dict(base, SE=True), {}, False),
                  (f"resnext{d}_32x4d_eca", "ResNet", dict(base, ECA=ECA_K), {}, False)]
-    rows += [("mobilenet_v2", "MobileNetV2", {}, dict(first_conv="features.0.0", classifier="classifier.1"), False),
+    rows += [("mobilenet_v2", "MobileNetV2", dict(width_mult=1.0), dict(first_conv="features.0.0", classifier="classifier.1"), False),
              ("mobilenetv2_eca", "MobileNetV2", dict(ECA=True),
               dict(first_conv="features.0.0", classifier="classifier.1"), False),
              ("resnet50_k", "ResNet_k", dict(layers=_DEPTH[50], channel_k=32), {}, False)]
+    # the paper's ablations (official models/resnet_rla_*.py): options of RLA_ResNet
+    r50, r101 = dict(layers=_DEPTH[50]), dict(layers=_DEPTH[101])
+    rows += [(name, "RLA_ResNet", kw, {}, False) for name, kw in (
+        ("rlav1_resnet50", dict(r50, head="tanh")),
+        ("rlav1_resnet50_eca", dict(r50, head="tanh", ECA=ECA_K)),
+        ("rlav2_resnet50", dict(r50, update="add_after")),
+        ("rlav3_resnet50", dict(r50, conv_out_input="output")),  # conv_out reads x: the default's tensor
+        ("rlav4_resnet50", dict(r50, update="add_after", conv_out_input="output")),
+        ("rlav5_resnet50", dict(r50, conv_out_input="identity")),
+        ("rlav6_resnet50", dict(r50, update="add_after", conv_out_input="identity")),
+        ("rlarh_resnet50", dict(r50, feed_h=False)),
+        ("rlaus_resnet50", dict(r50, unshared=True, conv_out_input="branch")),
+        ("rlaus_resnet101", dict(r101, unshared=True, conv_out_input="branch")),
+        ("rlav1p_resnet50", dict(r50, update="post", head="none")),
+        ("rlalstm_resnet50", dict(r50, update="lstm", head="none")),
+        ("rlagru_resnet50", dict(r50, update="gru", head="none")),
+        ("rlagru_resnet50_eca", dict(r50, update="gru", head="none", ECA=ECA_K)),
+        ("rlagru_resnet101", dict(r101, update="gru", head="none")),
+        ("rlagru_resnet101_eca", dict(r101, update="gru", head="none", ECA=ECA_K)),
+    )]
     return rows
 
 

@@ -1,11 +1,12 @@
 """The RLA-Net registry (constructors under the official class names) and the pieces the families share:
-the ImageNet ``pretrained_cfg`` and ``features_only`` for a trunk that carries the recurrent state."""
+the ImageNet ``pretrained_cfg``, ``features_only`` for a trunk that carries the recurrent state, and the
+timm group matcher of the RLA models."""
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from common.registry import Registry
 
-__all__ = ["REGISTRY", "imagenet_cfg", "StageFeatures", "conv1x1", "conv3x3"]
+__all__ = ["REGISTRY", "imagenet_cfg", "StageFeatures", "conv1x1", "conv3x3", "rla_group_matcher"]
 
 REGISTRY = Registry("rlanet")
 
@@ -62,3 +63,17 @@ class StageFeatures(nn.Module):
     def forward(self, x):
         maps = self._trunk_fn(self, x, max(self.out_indices) + 1)
         return [maps[i] for i in self.out_indices]
+
+
+def rla_group_matcher(coarse, stem, per_stage, post, blocks=("stages", "stage_bns")):
+    """timm group matcher of the RLA models: the stem; per block ``stages.s.t`` with its ``stage_bns.s.t``
+    (per stage when ``coarse``); the stage's shared modules (``conv_outs.s``, ...) join the stage's last
+    block; the modules of ``post`` join the last block."""
+    def alt(names):
+        return "|".join(names) or "$^"
+
+    if coarse:
+        blk = [(rf"^(?:{alt(blocks + per_stage)})\.(\d+)\.", None)]
+    else:
+        blk = [(rf"^(?:{alt(blocks)})\.(\d+)\.(\d+)\.", None), (rf"^(?:{alt(per_stage)})\.(\d+)\.", (99999,))]
+    return dict(stem=rf"^(?:{alt(stem)})\.", blocks=blk + [(rf"^(?:{alt(post)})\.", (99999,))])

@@ -10,7 +10,7 @@ from common.layers.attention import ECAModule
 from common.models import ClassifierModel
 
 from ._registry import REGISTRY, StageFeatures
-from .rla_mobilenetv2 import MBV2_SETTING, ConvBNReLU, OfficialHeadMixin, eca_ksize, make_divisible
+from .mobilenetv2_rla import MBV2_SETTING, ConvBNReLU, OfficialHeadMixin, eca_ksize, make_divisible
 
 __all__ = ["InvertedResidual", "MobileNetV2Base", "MobileNetV2"]
 

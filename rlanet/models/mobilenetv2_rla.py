@@ -30,8 +30,7 @@ from common import models as _core
 from common.layers.attention import ECAModule
 from common.models import ClassifierModel
 
-from ._registry import REGISTRY, StageFeatures, conv1x1
-from .rla_resnet import rla_group_matcher
+from ._registry import REGISTRY, StageFeatures, conv1x1, rla_group_matcher
 
 __all__ = ["ConvBNReLU", "RLAInvertedResidual", "RLAMobileNetV2", "RLA_MobileNetV2", "dsRLA_MobileNetV2",
            "make_divisible", "MBV2_SETTING", "OfficialHeadMixin"]
