@@ -20,6 +20,7 @@ Fixed official defects: runs on CPU for every registered variant (officially Mob
 import argparse
 import os
 import sys
+import warnings
 
 if __package__ in (None, ""):  # run as a file from a checkout that is not pip-installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,6 +65,7 @@ def main(argv=None):
     if args.input_size < 32:
         print(f"error: -i/--input-size {args.input_size} is too small (at least 32)", file=sys.stderr)
         sys.exit(2)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")  # fvcore's tracing
     model, params, flops = measure(args.arch, args.input_size)
     if args.print_model:
         print(model)
