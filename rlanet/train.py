@@ -339,11 +339,36 @@ def main_worker(env, args):
     return {"best_acc1": best_acc1}
 
 
+def _precheck(args):
+    """Bad input found before --multiprocessing-distributed spawns (one message here rather than one traceback
+    per process): the data folders, the --resume file and whether it fits -a."""
+    if not args.demo:
+        if args.data is None:
+            _data_root(args, D.DistEnv())
+        for split in ("train", "val"):
+            if not os.path.isdir(os.path.join(args.data, split)):
+                cdata.load_imagefolder(args.data, split)
+    if args.resume:
+        state = ckpt.load_checkpoint(args.resume, trust=args.trust_checkpoint)
+        if args.demo:
+            num_classes = 10
+        else:
+            train_dir = os.path.join(args.data, "train")
+            num_classes = sum(os.path.isdir(os.path.join(train_dir, d)) for d in os.listdir(train_dir))
+        model = build_model(args, num_classes)
+        report = ckpt.check_state_dict(model, ckpt.strip_module_prefix(state.get("state_dict", state)))
+        if report:
+            raise ckpt.CheckpointMismatchError(f"checkpoint {args.resume} does not match {args.arch}:\n{report}")
+
+
 def main(argv=None, kind="train"):
     args = get_parser(kind).parse_args(argv)
-    if getattr(args, "multiprocessing_distributed", False) and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        # torchrun / slurm/launch.py already started the processes: each is one of them, none spawns more
-        args.multiprocessing_distributed = False
+    if getattr(args, "multiprocessing_distributed", False):
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            # torchrun / slurm/launch.py already started the processes: each is one of them, none spawns more
+            args.multiprocessing_distributed = False
+        else:
+            _precheck(args)
     return D.launch_examples(main_worker, args, nprocs=args.nprocs, device=args.device)
 
 

@@ -293,6 +293,13 @@ def test_foreign_checkpoint_lists_keys(demo_dir, tmp_path, capsys):
     err = _fails(capsys, train.run_cli, [*TINY, "--demo", demo_dir, "--work-dir", str(tmp_path),
                                          "--resume", str(tmp_path / "none.pth.tar")])
     assert "checkpoint not found" in err and "none.pth.tar" in err
+    # the same checks before --multiprocessing-distributed starts its processes
+    spawn = ["--multiprocessing-distributed", "--nprocs", "2", "--world-size", "1", "--rank", "0"]
+    err = _fails(capsys, train.run_cli, [*TINY, *spawn, "--demo", demo_dir, "--work-dir", str(tmp_path),
+                                         "--resume", str(bad)])
+    assert str(bad) in err and "missing keys" in err and "backbone.conv.weight" in err
+    err = _fails(capsys, train.run_cli, [*TINY, *spawn, str(tmp_path / "nowhere"), "--work-dir", str(tmp_path)])
+    assert "{train,val}/<class>" in err and "--demo" in err
 
 
 def test_bad_rla_flag_and_bad_logs(tmp_path, capsys):
