@@ -26,6 +26,9 @@ Additions to the official flags: ``--demo`` (the bundled digits ImageFolder, bui
 ``--trust-checkpoint``, and the speed flags of ``common.engine.add_engine_args`` (``--amp``, ``--channels-last``,
 ``--compile``, ``--clip-grad``, ``--sync-bn``, ``--device``).
 
+Kept from the official script: the flags, defaults and output names; the progress lines are
+``common.engine``'s (officially ``Epoch: [e][i/N] ...``), the end of validation prints `` * Acc@1 x Acc@5 y``.
+
 Fixed official defects:
 
 * the ``*.txt`` curve logs are written by rank 0 only (officially every rank appends, racing), as plain numbers

@@ -315,3 +315,30 @@ def test_bad_rla_flag_and_bad_logs(tmp_path, capsys):
     assert "val_acc1.txt, line 2" in err
     err = _fails(capsys, eval_visual.main, ["--work-dir", str(tmp_path / "wd"), "-ld", "absent_"])
     assert "absent_" in err
+
+
+def test_pretrained_conv1_copies_and_freezes(monkeypatch):
+    """-pre: the torchvision model's first conv (stand-in weights here: no network in tests) is copied into the
+    variant's first conv and frozen; the optimizer leaves it out."""
+    import torchvision
+
+    import rlanet
+    from common.train import recipe
+    from rlanet import train
+
+    asked = []
+
+    class Source(torch.nn.Module):
+        def state_dict(self):
+            return {"features.0.0.weight": torch.arange(32 * 27.0).reshape(32, 3, 3, 3)}
+
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, weights: asked.append((name, weights)) or Source())
+    model = rlanet.create_model("dsrla_mobilenetv2_k6", num_classes=10)
+    train.copy_pretrained_conv1(model, "dsrla_mobilenetv2_k6", log=lambda *a: None)
+    assert asked == [("mobilenet_v2", "DEFAULT")]
+    assert torch.equal(model.conv1[0].weight, torch.arange(32 * 27.0).reshape(32, 3, 3, 3))
+    assert not model.conv1[0].weight.requires_grad
+    opt = recipe.build_optimizer(model, "momentum", 0.1, 1e-4, filter_bias_and_bn=False, no_weight_decay=())
+    assert "conv1.0.weight" not in [n for g in opt.param_groups for n in g["param_names"]]
+    assert train._torchvision_source("rla_resnext101_32x4d_se") == ("resnext101_32x8d", "conv1.weight")
+    assert train._torchvision_source("rla_resnet152_eca") == ("resnet152", "conv1.weight")
