@@ -342,3 +342,20 @@ def test_pretrained_conv1_copies_and_freezes(monkeypatch):
     assert "conv1.0.weight" not in [n for g in opt.param_groups for n in g["param_names"]]
     assert train._torchvision_source("rla_resnext101_32x4d_se") == ("resnext101_32x8d", "conv1.weight")
     assert train._torchvision_source("rla_resnet152_eca") == ("resnet152", "conv1.weight")
+
+
+def test_best_reads_both_formats(tmp_path, capsys):
+    from rlanet import best
+
+    folder = tmp_path / "rla_resnet50_"
+    folder.mkdir()
+    (folder / "val_acc1.txt").write_text("0 tensor(12.5, device='cuda:0')\n1 tensor(47.75, device='cuda:0')\n"
+                                         "2 tensor(47.75, device='cuda:0')\n3 tensor(40.0, device='cuda:0')\n")
+    (folder / "val_acc5.txt").write_text("0 60.0\n1 59.0\n2 72.25\n")
+    lines = best.main(["--work-dir", str(tmp_path), "-ld", "rla_resnet50_"])
+    assert lines == ["Acc@1:47.75 epoch:1", "Acc@5:72.25 epoch:2", f"Err@1:{100 - 47.75}", f"Err@5:{100 - 72.25}"]
+    assert (folder / "best.txt").read_text().splitlines() == lines
+    assert capsys.readouterr().out.splitlines() == lines
+    (folder / "val_acc5.txt").unlink()
+    err = _fails(capsys, best.main, ["--work-dir", str(tmp_path), "-ld", "rla_resnet50_"])
+    assert "val_acc5.txt" in err
