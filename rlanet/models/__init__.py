@@ -55,9 +55,9 @@ def _table():
         rows += [(f"resnext{d}_32x4d", "ResNet", base, {}, False),
                  (f"resnext{d}_32x4d_se", "ResNet", dict(base, SE=True), {}, False),
                  (f"resnext{d}_32x4d_eca", "ResNet", dict(base, ECA=ECA_K), {}, False)]
-    rows += [("mobilenet_v2", "MobileNetV2", dict(width_mult=1.0), dict(first_conv="features.0.0", classifier="classifier.1"), False),
-             ("mobilenetv2_eca", "MobileNetV2", dict(ECA=True),
-              dict(first_conv="features.0.0", classifier="classifier.1"), False),
+    mbv2 = dict(first_conv="features.0.0", classifier="classifier.1")
+    rows += [("mobilenet_v2", "MobileNetV2", dict(width_mult=1.0), mbv2, False),
+             ("mobilenetv2_eca", "MobileNetV2", dict(ECA=True), mbv2, False),
              ("resnet50_k", "ResNet_k", dict(layers=_DEPTH[50], channel_k=32), {}, False)]
     # the paper's ablations (official models/resnet_rla_*.py): options of RLA_ResNet
     r50, r101 = dict(layers=_DEPTH[50]), dict(layers=_DEPTH[101])

@@ -23,8 +23,8 @@ class InvertedResidual(nn.Module):
         hidden = int(round(inp * expand_ratio))
         self.use_res_connect = stride == 1 and inp == oup
         layers = [ConvBNReLU(inp, hidden, kernel_size=1)] if expand_ratio != 1 else []
-        layers += [ConvBNReLU(hidden, hidden, stride=stride, groups=hidden), nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
-                   nn.BatchNorm2d(oup)]
+        layers += [ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),
+                   nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
         if ECA_ksize is not None:
             layers.append(ECAModule(k_size=ECA_ksize))
         self.conv = nn.Sequential(*layers)

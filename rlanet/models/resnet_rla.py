@@ -24,6 +24,11 @@ a number the official code can compute:
 * the 2x2 average pool of ``h`` uses ``ceil_mode=True``, so inputs whose size is not a multiple of 32 work
   (officially ``h + conv_out(x)`` fails on a size mismatch); at even sizes it is the same pool.
 
+The paper's ablations (official ``resnet_rla_v1.py`` ... ``resnet_rla_gru.py``) are options of
+:class:`RLAResNet` (``update``, ``conv_out_input``, ``head``, ``feed_h``, ``unshared``), one named variant per
+official builder. Officially v2 / v4 / v6 cannot run in float64 (their float32 ``h0`` meets a float64 BN
+first); with ``x.new_zeros`` they can, with the same numbers.
+
 ``features_only=True`` gives ``x`` after each stage (256/512/1024/2048 channels at strides 4-32, the
 detection backbone's maps); its state_dict is the official detection backbone's (no ``bn2``, no ``fc``).
 """
@@ -36,7 +41,8 @@ from common.models import ClassifierModel
 
 from ._registry import REGISTRY, StageFeatures, conv1x1, conv3x3, rla_group_matcher
 
-__all__ = ["RLABottleneck", "RLAResNet", "RLA_ResNet", "ConvLSTMCell", "ConvGRUCell", "UPDATES", "CONV_OUT_INPUTS", "HEADS"]
+__all__ = ["RLABottleneck", "RLAResNet", "RLA_ResNet", "ConvLSTMCell", "ConvGRUCell", "UPDATES", "CONV_OUT_INPUTS",
+           "HEADS"]
 
 
 def _pool_h():
