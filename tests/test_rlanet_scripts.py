@@ -139,22 +139,21 @@ def test_multiprocessing_distributed_two_gloo_processes(demo_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_light(demo_dir, tmp_path):
+@pytest.mark.parametrize("script, extra", [("train_light.py", []), ("train.py", ["--multiprocessing-distributed"])])
+def test_torchrun_two_processes(demo_dir, tmp_path, script, extra):
     """torchrun starts the processes; train.py's --multiprocessing-distributed does not spawn again under it."""
     from common.ports import free_port
 
-    for script, extra in (("train_light.py", []), ("train.py", ["--multiprocessing-distributed"])):
-        proc = run_script(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                           os.path.join("rlanet", script), *TINY, "--demo", demo_dir, "--work-dir", str(tmp_path),
-                           "--epochs", "1", "--action", script[:-3], *extra], timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        run = str(tmp_path / f"dsrla_mobilenetv2_k6_{script[:-3]}")
-        state = torch.load(os.path.join(run, "checkpoint.pth.tar"), weights_only=True)
-        assert state["epoch"] == 1
-        top1, _ = _plain_accuracy(state["state_dict"], demo_dir)
-        assert _curve(run, "val_acc1.txt") == [(0, top1)]
-        lr = state["optimizer"]["param_groups"][0]["lr"]
-        assert lr == (0.045 if script == "train_light.py" else 0.1)
+    proc = run_script(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                       os.path.join("rlanet", script), *TINY, "--demo", demo_dir, "--work-dir", str(tmp_path),
+                       "--epochs", "1", "--action", script[:-3], *extra], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = str(tmp_path / f"dsrla_mobilenetv2_k6_{script[:-3]}")
+    state = torch.load(os.path.join(run, "checkpoint.pth.tar"), weights_only=True)
+    assert state["epoch"] == 1
+    top1, _ = _plain_accuracy(state["state_dict"], demo_dir)
+    assert _curve(run, "val_acc1.txt") == [(0, top1)]
+    assert state["optimizer"]["param_groups"][0]["lr"] == (0.045 if script == "train_light.py" else 0.1)
 
 
 def test_lr_rules_and_light_defaults():
