@@ -91,6 +91,18 @@ def test_evaluate_reproduces_logged_accuracy(one_epoch, demo_dir, capsys):
     assert (0, res["top5"]) == _curve(folder, "val_acc5.txt")[0]
     assert f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}" in capsys.readouterr().out
     assert _curve(folder, "val_acc1.txt") == [(0, res["top1"])]  # -e leaves the logs alone
+    # a checkpoint in the official train.py's layout: best_acc1 a tensor, plain SGD state, no RNG state or seed
+    import rlanet
+
+    ours = torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)
+    model = rlanet.create_model("dsrla_mobilenetv2_k6", num_classes=10)
+    official = {"epoch": 1, "arch": "dsrla_mobilenetv2_k6", "state_dict": ours["state_dict"],
+                "best_acc1": torch.tensor(res["top1"]),
+                "optimizer": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4).state_dict()}
+    torch.save(official, os.path.join(wd, "official.pth.tar"))
+    again = train.main([*TINY, "--demo", demo_dir, "--work-dir", wd, "-e",
+                        "--resume", os.path.join(wd, "official.pth.tar")])
+    assert (again["top1"], again["top5"]) == (res["top1"], res["top5"])
 
 
 @pytest.mark.slow
