@@ -2,7 +2,6 @@
 one epoch and its logs, -e, resume, DDP, the LR rules, the counts, the plots, bad inputs."""
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -106,18 +105,38 @@ def test_evaluate_reproduces_logged_accuracy(one_epoch, demo_dir, capsys):
 
 
 @pytest.mark.slow
-def test_resume_continues_at_next_epoch_exactly(one_epoch, demo_dir, tmp_path):
-    from rlanet import train
+def test_resume_after_kill_continues_exactly(one_epoch, demo_dir, tmp_path):
+    """A run killed during its second epoch, resumed from last_checkpoint, ends as the uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+
+    from common.checkpoint import find_last_checkpoint
 
     wd, folder, _ = one_epoch
     cut = tmp_path / "cut"
-    shutil.copytree(folder, cut / "dsrla_mobilenetv2_k6_")
-    ckpt = str(cut / "dsrla_mobilenetv2_k6_" / "checkpoint.pth.tar")
-    with open(cut / "dsrla_mobilenetv2_k6_" / "val_acc1.txt", "a") as f:
-        f.write("1 99.0\n")  # a line of an epoch that was cut short: dropped on resume
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join("rlanet", "train.py"), *TINY, "-p", "1", "--demo", demo_dir,
+                             "--work-dir", str(cut), "--epochs", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = False
+    for line in proc.stdout:
+        seen = seen or line.startswith("Epoch: [1]")
+        if seen and line.startswith("(3/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(60)
+    assert seen, "the run never reached its second epoch"
+    resumed = str(cut / "dsrla_mobilenetv2_k6_")
+    ckpt = find_last_checkpoint(resumed)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    with open(os.path.join(resumed, "val_acc1.txt"), "a") as f:
+        f.write("1 99.0\n")  # a line of the epoch that was cut short: dropped on resume
+    from rlanet import train
+
     train.main([*TINY, "--demo", demo_dir, "--work-dir", str(cut), "--epochs", "2", "--resume", ckpt])
     train.main([*TINY, "--demo", demo_dir, "--work-dir", str(tmp_path / "full"), "--epochs", "2"])
-    resumed, full = str(cut / "dsrla_mobilenetv2_k6_"), str(tmp_path / "full" / "dsrla_mobilenetv2_k6_")
+    full = str(tmp_path / "full" / "dsrla_mobilenetv2_k6_")
     a = torch.load(os.path.join(resumed, "checkpoint.pth.tar"), weights_only=True)
     b = torch.load(os.path.join(full, "checkpoint.pth.tar"), weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
@@ -126,7 +145,7 @@ def test_resume_continues_at_next_epoch_exactly(one_epoch, demo_dir, tmp_path):
     for name in ("loss_plot.txt", "val_acc1.txt", "train_acc5.txt"):
         assert _curve(resumed, name) == _curve(full, name)
         assert [e for e, _ in _curve(resumed, name)] == [0, 1]
-    assert _curve(resumed, "val_acc1.txt")[0] == _curve(folder, "val_acc1.txt")[0]
+    assert _curve(resumed, "val_acc1.txt")[0] == _curve(folder, "val_acc1.txt")[0]  # epoch 0 as in one_epoch
 
 
 @pytest.mark.slow
