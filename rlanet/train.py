@@ -381,10 +381,11 @@ def run_cli(argv=None, kind="train"):
         try:
             main(a, kind)
         except (ModelArgError, ValueError) as err:
-            if isinstance(err, ModelArgError) or "dist-url" in str(err) or "nothing to plot" in str(err):
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
-            raise
+            if not isinstance(err, ModelArgError) and "--dist-url" not in str(err):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
     cli(go, argv)
 
 

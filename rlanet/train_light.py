@@ -2,7 +2,8 @@
 ``train.py``) with its flags and defaults, over ``common``.
 
     python rlanet/train_light.py -a dsrla_mobilenetv2 -b 96 /data/imagenet
-    python rlanet/train_light.py -a dsrla_mobilenetv2 --resume work_dirs/dsrla_mobilenetv2_/model_best.pth.tar -e /data/imagenet
+    python rlanet/train_light.py -a dsrla_mobilenetv2 -e \
+        --resume work_dirs/dsrla_mobilenetv2_/model_best.pth.tar /data/imagenet
     python rlanet/train_light.py -a dsrla_mobilenetv2 --demo --image-size 32 -j 0 -b 64 --epochs 1   # CPU
     torchrun --nproc_per_node 2 rlanet/train_light.py -a dsrla_mobilenetv2 /data/imagenet
 

@@ -338,6 +338,9 @@ def test_bad_rla_flag_and_bad_logs(tmp_path, capsys):
     err = _fails(capsys, train.run_cli, ["-a", "mobilenet_v2", "--rla", "8", "--demo", str(tmp_path / "d"),
                                          "--work-dir", str(tmp_path), "--image-size", "32", "-j", "0"])
     assert "-a mobilenet_v2" in err and "--rla" in err
+    err = _fails(capsys, train.run_cli, [*TINY, "--demo", str(tmp_path / "d"), "--world-size", "2", "--rank", "0",
+                                         "--dist-url", "127.0.0.1:23456"])
+    assert "--dist-url must be tcp://HOST:PORT" in err and "'127.0.0.1:23456'" in err
     folder = tmp_path / "wd" / "run_"
     folder.mkdir(parents=True)
     (folder / "val_acc1.txt").write_text("0 12.5\n1 tensor(oops\n")
@@ -362,7 +365,8 @@ def test_pretrained_conv1_copies_and_freezes(monkeypatch):
         def state_dict(self):
             return {"features.0.0.weight": torch.arange(32 * 27.0).reshape(32, 3, 3, 3)}
 
-    monkeypatch.setattr(torchvision.models, "get_model", lambda name, weights: asked.append((name, weights)) or Source())
+    monkeypatch.setattr(torchvision.models, "get_model",
+                        lambda name, weights: asked.append((name, weights)) or Source())
     model = rlanet.create_model("dsrla_mobilenetv2_k6", num_classes=10)
     train.copy_pretrained_conv1(model, "dsrla_mobilenetv2_k6", log=lambda *a: None)
     assert asked == [("mobilenet_v2", "DEFAULT")]
