@@ -15,7 +15,8 @@ Resize(256) + CenterCrop(224) for validation. ``train_light.py`` is this script 
 Output (official layout): ``{--work-dir}/{arch}_{--action}/`` holds ``checkpoint.pth.tar`` (every epoch; keys
 ``epoch`` (the next epoch), ``state_dict`` (``module.``-prefixed), ``best_acc1``, ``optimizer``, plus ``arch``,
 ``seed``, ``rng_state``, ``scaler``, ``args``), ``model_best.pth.tar`` (a copy at each best val Acc@1), the
-``last_checkpoint`` pointer (what ``slurm/launch.py`` resumes from), the curve logs ``loss_plot.txt`` (train
+``last_checkpoint`` pointer (what ``slurm/launch.py`` resumes from), ``config.yaml`` (the resolved flags), the
+curve logs ``loss_plot.txt`` (train
 loss), ``train_acc1.txt``, ``train_acc5.txt``, ``val_acc1.txt``, ``val_acc5.txt`` (lines ``"{epoch} {value}"``,
 epoch counted from 0), ``log.jsonl`` (one record per epoch) and, at the end, the three PNGs of
 ``eval_visual.py``.
@@ -65,6 +66,7 @@ from common import checkpoint as ckpt  # noqa: E402
 from common import data as cdata  # noqa: E402
 from common import distributed as D  # noqa: E402
 from common import engine  # noqa: E402
+from common.config import dump_run_config  # noqa: E402
 from common.logging import JsonlLogger, setup_logging  # noqa: E402
 from common.train import recipe  # noqa: E402
 from common.train.cifar import cli  # noqa: E402
@@ -307,6 +309,8 @@ def main_worker(env, args):
         log(" * Acc@1 {:.3f} Acc@5 {:.3f}".format(res["top1"], res["top5"]))
         return res
 
+    if env.is_main:  # the resolved flags of a training run; -e leaves the folder alone
+        dump_run_config(folder, args)
     curves = CurveLogs(folder, start_epoch, enabled=env.is_main)
     jsonl = JsonlLogger(os.path.join(folder, "log.jsonl"), resume=start_epoch > 0, keep_rows=start_epoch)
     for epoch in range(start_epoch, args.epochs):

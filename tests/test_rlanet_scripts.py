@@ -62,6 +62,11 @@ def test_one_epoch_layout_logs_and_checkpoint(one_epoch, demo_dir):
                  "acc5_plot.png", "loss_plot.png"):
         assert os.path.isfile(os.path.join(folder, name)), name
     assert open(os.path.join(folder, "last_checkpoint")).read().strip() == "checkpoint.pth.tar"
+    from common.config import read_yaml
+
+    flags = read_yaml(os.path.join(folder, "config.yaml"))
+    assert (flags["arch"], flags["epochs"], flags["image_size"], flags["kind"]) == \
+        ("dsrla_mobilenetv2_k6", 1, 32, "train")
     state = torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)
     assert state["epoch"] == 1 and state["arch"] == "dsrla_mobilenetv2_k6" and state["seed"] == 3
     assert all(k.startswith("module.") for k in state["state_dict"])
