@@ -127,7 +127,7 @@ SCRIPTS = {
         ScriptSpec("rlanet/train.py", ("--work-dir",), "work_dirs", "{dir}/{arch}_{action}/checkpoint.pth.tar",
                    options=(("arch", ("-a", "--arch"), "rla_resnet50"), ("action", ("--action",), ""))),
         ScriptSpec("rlanet/train_light.py", ("--work-dir",), "work_dirs", "{dir}/{arch}_{action}/checkpoint.pth.tar",
-                   options=(("arch", ("-a", "--arch"), "rla_mobilenet_k6"), ("action", ("--action",), ""))),
+                   options=(("arch", ("-a", "--arch"), "dsrla_mobilenetv2"), ("action", ("--action",), ""))),
         # Swin lineage: <output>/<MODEL.NAME>/<tag>/ckpt_epoch_<e>.pth, --local_rank required
         ScriptSpec("dwnet/main.py", ("--output",), "output", "{dir}/*/{tag}/ckpt_epoch_*.pth",
                    options=(("tag", ("--tag",), "default"),), local_rank_option="--local_rank",
