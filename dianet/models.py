@@ -575,18 +575,9 @@ def create_model(name, **kwargs):
     return REGISTRY.create(name, **kwargs)
 
 
-def list_models(pattern="*"):
-    """The official constructor names."""
-    return REGISTRY.list_models(pattern)
-
-
-def variants(pattern="*", *, paper=None):
-    """The named variants (:class:`common.registry.Variant`), in declaration order."""
-    return REGISTRY.variants(pattern, paper=paper)
-
-
-def get_variant(name):
-    return REGISTRY.get_variant(name)
+list_models = REGISTRY.list_models  # the constructor names (shell-pattern filter)
+variants = REGISTRY.variants  # the named variants, in declaration order
+get_variant = REGISTRY.get_variant
 
 
 # The paper's variants in timm: timm.create_model('dia_resnet164') once dianet is imported.

@@ -56,6 +56,7 @@ from common import engine  # noqa: E402
 from common.logging import setup_logging  # noqa: E402
 from common.registry import UnknownModelError  # noqa: E402
 from common.train import recipe  # noqa: E402
+from common.train.cli import cli as run_cli  # noqa: E402
 
 MODEL_NAMES = dla.list_models()
 #: the official curve logs: file name -> key of the epoch record
@@ -283,14 +284,7 @@ def main(argv=None):
 
 def cli(argv=None):
     """``main``; bad input ends with one ``error:`` line and exit status 2."""
-    try:
-        main(argv)
-    except (cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointError, UnknownModelError,
-            FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        D.cleanup()
+    run_cli(main, argv)
 
 
 if __name__ == "__main__":

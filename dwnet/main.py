@@ -61,8 +61,8 @@ from common import distributed as D  # noqa: E402
 from common import engine  # noqa: E402
 from common.config import ConfigError, add_config_args, dump_run_config  # noqa: E402
 from common.logging import setup_logging  # noqa: E402
-from common.registry import UnknownModelError  # noqa: E402
 from common.train import recipe  # noqa: E402
+from common.train.cli import cli as run_cli  # noqa: E402
 from common.train.step import AmpConfig, NonFiniteLossError, TrainStep  # noqa: E402
 from dwnet.config import AMP_LEVELS, DATA_SETS, get_config  # noqa: E402
 from dwnet.models.build import MODEL_TYPES  # noqa: E402
@@ -499,15 +499,7 @@ def _device_flag(argv):
 def cli(argv=None):
     """Run :func:`main`; bad input (config, data, checkpoint, a non-finite loss) ends with one ``error:`` line
     and exit status 2, never a traceback."""
-    try:
-        main(argv)
-    except (ConfigError, cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointError, UnknownModelError,
-            NonFiniteLossError, FileNotFoundError) as err:
-        if D.get_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        D.cleanup()
+    run_cli(main, argv, extra_errors=(NonFiniteLossError,), rank0_only=True)
 
 
 if __name__ == "__main__":

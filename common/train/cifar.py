@@ -18,7 +18,6 @@ resolved flags, ``log.jsonl``, TensorBoard and ``log.png`` (the learning curves)
 import argparse
 import os
 import random
-import sys
 
 import torch
 import torch.nn as nn
@@ -32,6 +31,7 @@ from common.config import dump_run_config
 from common.logging import JsonlLogger, OfficialLogger, TBWriter, setup_logging
 from common.plots import plot_curves, read_jsonl
 from common.registry import UnknownModelError
+from common.train.cli import cli  # noqa: F401  (the entry of the papers' cifar.py)
 
 __all__ = ["get_parser", "lr_at", "checkpointer", "build_loaders", "run", "cli", "OFFICIAL_COLUMNS"]
 
@@ -225,16 +225,3 @@ def run(args, build_model, model_names, *, columns=OFFICIAL_COLUMNS, title_prefi
     log("Best acc:")
     log(best_acc)
     return {"best_acc": best_acc}
-
-
-def cli(main, argv=None):
-    """Run ``main(argv)``; bad input (missing or corrupt data, a refused / foreign / truncated checkpoint, an
-    unknown architecture) ends with one ``error:`` line and exit status 2, never a traceback."""
-    try:
-        main(argv)
-    except (cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointError, UnknownModelError,
-            FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        D.cleanup()

@@ -21,23 +21,14 @@ def create_model(name, **kwargs):
     return REGISTRY.create(name, **kwargs)
 
 
-def list_models(pattern="*"):
-    """The registered names (sorted), optionally filtered by a shell pattern (``'*dla*'``)."""
-    return REGISTRY.list_models(pattern)
-
-
 def default_cfg(name):
     """The default (timm-style) pretrained_cfg of ``name``."""
     return REGISTRY.default_cfg(name)
 
 
-def variants(pattern="*", *, paper=None):
-    """The named variants (:class:`common.registry.Variant`), in declaration order."""
-    return REGISTRY.variants(pattern, paper=paper)
-
-
-def get_variant(name):
-    return REGISTRY.get_variant(name)
+list_models = REGISTRY.list_models  # the constructor names (shell-pattern filter)
+variants = REGISTRY.variants  # the named variants, in declaration order
+get_variant = REGISTRY.get_variant
 
 
 # The paper's models in timm once dla is imported: the CIFAR variants (timm.create_model('dla_l110')) and

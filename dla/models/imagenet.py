@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from common.layers.attention import ECAModule, SEModule
 from common.layers.layer_attention import DLALightStage, LightLayerAttentionBranch
+from common.layers.init import init_resnet_
 from common.models import ClassifierModel
 
 from ._registry import REGISTRY, imagenet_cfg
@@ -77,16 +78,7 @@ class ResNet(ClassifierModel):
             self.feature_info.append(dict(num_chs=planes * Bottleneck.expansion, reduction=reduction,
                                           module=f"layer{i + 1}"))
         self.init_head(512 * Bottleneck.expansion, num_classes, global_pool, drop_rate)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-        if zero_init_last_bn:
-            for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.constant_(m.bn3.weight, 0)
+        init_resnet_(self, zero_init_last_bn, Bottleneck)
 
     @staticmethod
     def _attn_layer(se, eca_k, se_layout):

@@ -408,16 +408,9 @@ def create_model(name, **kwargs):
     return REGISTRY.create(name, **kwargs)
 
 
-def list_models(pattern="*"):
-    return REGISTRY.list_models(pattern)
-
-
-def variants(pattern="*", *, paper=None):
-    return REGISTRY.variants(pattern, paper=paper)
-
-
-def get_variant(name):
-    return REGISTRY.get_variant(name)
+list_models = REGISTRY.list_models  # the constructor names (shell-pattern filter)
+variants = REGISTRY.variants  # the named variants, in declaration order
+get_variant = REGISTRY.get_variant
 
 
 register_registry(REGISTRY)

@@ -96,18 +96,9 @@ def create_model(name, **kwargs):
     return REGISTRY.create(name, **kwargs)
 
 
-def list_models(pattern="*"):
-    """The registered constructors (official class names)."""
-    return REGISTRY.list_models(pattern)
-
-
-def variants(pattern="*", *, paper=None):
-    """The named variants (:class:`common.registry.Variant`), in the official registry's order."""
-    return REGISTRY.variants(pattern, paper=paper)
-
-
-def get_variant(name):
-    return REGISTRY.get_variant(name)
+list_models = REGISTRY.list_models  # the constructor names (shell-pattern filter)
+variants = REGISTRY.variants  # the named variants, in declaration order
+get_variant = REGISTRY.get_variant
 
 
 # The RLA variants in timm: timm.create_model('rla_resnet50') once rlanet is imported.

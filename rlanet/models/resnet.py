@@ -6,6 +6,7 @@ channels as RLA" control). torchvision's layout (``conv1, bn1, layer1..4, fc``) 
 import torch.nn as nn
 
 from common.layers.attention import ECAModule, SEModule
+from common.layers.init import init_resnet_
 from common.models import ClassifierModel
 
 from ._registry import REGISTRY, conv1x1, conv3x3
@@ -79,16 +80,7 @@ class ResNetBase(ClassifierModel):
         chs = [p * Bottleneck.expansion for p in planes]
         self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f"layer{i + 1}") for i, c in enumerate(chs)]
         self.init_head(chs[-1], num_classes, global_pool, drop_rate)
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(mod.weight, 1)
-                nn.init.constant_(mod.bias, 0)
-        if zero_init_last_bn:
-            for mod in self.modules():
-                if isinstance(mod, Bottleneck):
-                    nn.init.constant_(mod.bn3.weight, 0)
+        init_resnet_(self, zero_init_last_bn, Bottleneck)
 
     def _make_layer(self, planes, blocks, SE, ECA_size, stride, dilate):
         out = planes * Bottleneck.expansion

@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from common import models as _core
 from common.layers.attention import ECAModule, SEModule
+from common.layers.init import init_resnet_
 from common.models import ClassifierModel
 
 from ._registry import REGISTRY, StageFeatures, conv1x1, conv3x3, rla_group_matcher
@@ -250,16 +251,7 @@ class RLAResNet(ClassifierModel):
         chs = [64 * 2 ** i * RLABottleneck.expansion for i in range(4)]
         self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f"stages.{i}") for i, c in enumerate(chs)]
         self.init_head(chs[-1] + k, num_classes, global_pool, drop_rate)
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(mod.weight, 1)
-                nn.init.constant_(mod.bias, 0)
-        if zero_init_last_bn:
-            for mod in self.modules():
-                if isinstance(mod, RLABottleneck):
-                    nn.init.constant_(mod.bn3.weight, 0)
+        init_resnet_(self, zero_init_last_bn, RLABottleneck)
 
     def _make_layer(self, planes, blocks, k, SE, ECA_size, stride, dilate):
         out = planes * RLABottleneck.expansion
