@@ -2,10 +2,14 @@
 (common.registry) and the timm bridge (common.timm_compat) with the calls timm's train.py makes.
 
 Each paper's named variants are contract cases; a constructor without a named variant (DLA's ImageNet
-models) is a case of its own with its default cfg. Cases are built at the smallest size that runs the same
-code: DLA's CIFAR models at depth 20 (two blocks per stage, one case per constructor), the ImageNet models at
-64x64 input and only their 50-layer depth (``SAME_CODE``: the deeper ones are the same classes with longer
-stages, checked against the official outputs in tests/test_dla_models.py)."""
+models) is a case of its own with its default cfg. What differs between the papers is in ``SPEC``, one row
+per paper: the build that runs the same code at a small size, the expected data cfg, ``no_weight_decay()``,
+where grad checkpointing calls ``checkpoint`` and how often. Cases are built at the smallest size that runs
+the same code: DLA's CIFAR models at depth 20 (two blocks per stage, one case per constructor), its ImageNet
+models at only their 50-layer depth (``same_code``: the deeper ones are the same classes with longer stages,
+checked against the official outputs in tests/test_dla_models.py), DWNet with one block per stage but two
+in the third (every named variant: the spatial op differs). ImageNet models run at 64x64 input (every stage
+still downsamples)."""
 import copy
 import re
 from dataclasses import dataclass, field
@@ -19,18 +23,60 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import common.models
 import dianet
 import dla
+import dwnet
 from common.models import ClassifierModel, feature_net
 from common.registry import REQUIRED_PRETRAINED_CFG_KEYS, Registry, UnknownModelError, Variant
 
-# Every paper registry; each new paper adds its own here.
-REGISTRIES = [dianet.REGISTRY, dla.REGISTRY]
-PAPER_MODULES = {"dianet": dianet, "dla": dla}
-# constructors (without a named variant) that a paper registers in timm under their official names
-TIMM_CONSTRUCTORS = {"dianet": (), "dla": ("resnet50_dla_l", "resnet101_dla_l")}
-# constructor-level overrides that keep the code path and make the case cheap (None: search a small depth)
-SMALL = {"dianet": None, "dla": {"depth": 20}}
-# deeper constructors -> the case that runs the same code (same class, longer stages)
-SAME_CODE = {"dla": {n: re.sub(r"101|152", "50", n) for n in dla.list_models() if re.search(r"101|152", n)}}
+# Every paper registry; each new paper adds its own here and a row to SPEC.
+REGISTRIES = [dianet.REGISTRY, dla.REGISTRY, dwnet.REGISTRY]
+PAPER_MODULES = {"dianet": dianet, "dla": dla, "dwnet": dwnet}
+
+
+def _data(input_size, interpolation, mean, std, crop_pct):
+    """What timm's resolve_data_config gives for a model of that cfg."""
+    return dict(input_size=input_size, interpolation=interpolation, mean=mean, std=std, crop_pct=crop_pct,
+                crop_mode="center")
+
+
+def _stage_calls(model):
+    """One ``checkpoint`` call per stage (common.models.ClassifierModel's trunk)."""
+    return len(model.stage_names)
+
+
+def _block_calls(model):
+    """One ``checkpoint`` call per block (the official ``use_checkpoint`` of a stage's block loop)."""
+    return sum(len(getattr(model.get_submodule(s), model.blocks_attr)) for s in model.stage_names)
+
+
+# Per paper:
+#   small: constructor overrides that keep the code path and make a case cheap (applied where the variant
+#     sets that argument; None: the full variant, grad checkpointing searches a small ``depth``);
+#   per_constructor: one case per constructor (the paper's variants differ only in the number of blocks);
+#   small_timm: the timm train.py cases are built with ``small`` too (else the full model);
+#   all_named: every constructor has a named variant (none outside the table);
+#   timm_constructors: constructors without a named variant registered in timm under their official names;
+#   same_code: deeper constructors -> the case that runs the same code (same class, longer stages);
+#   data: input side -> resolve_data_config of the paper's cfg at that side;
+#   no_wd: no_weight_decay(); ckpt_module / ckpt_calls: the module whose ``checkpoint`` grad checkpointing
+#     calls, and the number of calls of one forward.
+SPEC = {
+    "dianet": dict(
+        small=None, per_constructor=False, small_timm=False, all_named=True, timm_constructors=(), same_code={},
+        data={32: _data((3, 32, 32), "bilinear", dianet.CIFAR_MEAN, dianet.CIFAR_STD, 1.0)},
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls),
+    "dla": dict(
+        small={"depth": 20}, per_constructor=True, small_timm=False, all_named=False,
+        timm_constructors=("resnet50_dla_l", "resnet101_dla_l"),
+        same_code={n: re.sub(r"101|152", "50", n) for n in dla.list_models() if re.search(r"101|152", n)},
+        data={32: _data((3, 32, 32), "bilinear", dla.CIFAR_MEAN, dla.CIFAR_STD, 1.0),
+              224: _data((3, 224, 224), "bilinear", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875)},
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls),
+    "dwnet": dict(
+        small={"depths": (1, 1, 2, 1)}, per_constructor=False, small_timm=True, all_named=True,
+        timm_constructors=(), same_code={},
+        data={224: _data((3, 224, 224), "bicubic", dwnet.IMAGENET_MEAN, dwnet.IMAGENET_STD, 0.875)},
+        no_wd={"absolute_pos_embed"}, ckpt_module=dwnet.models.dwnet, ckpt_calls=_block_calls),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +86,10 @@ class Case:
     cfg: Mapping[str, Any]  #: its pretrained_cfg (the variant's, else the constructor's default cfg)
     variant: Optional[Variant] = None
     kw: Mapping[str, Any] = field(default_factory=dict)  #: overrides for a cheap build of the same code
+
+    @property
+    def spec(self):
+        return SPEC[self.registry.name]
 
     @property
     def model(self):
@@ -63,17 +113,21 @@ class Case:
         return self.registry.create(self.name, **{**self.kw, **kw})
 
 
+def _small_kw(registry, v):
+    """The paper's small-build overrides that apply to variant ``v``."""
+    return {k: x for k, x in (SPEC[registry.name]["small"] or {}).items() if k in v.kwargs}
+
+
 def _cases(registry):
-    small = SMALL[registry.name]
+    spec = SPEC[registry.name]
     out, seen = [], set()
     for v in registry.variants():
-        if small is not None and v.model in seen:
+        if spec["per_constructor"] and v.model in seen:
             continue  # one small case per constructor: the depths differ only in the number of blocks
         seen.add(v.model)
-        kw = {k: x for k, x in (small or {}).items() if k in v.kwargs}
-        out.append(Case(registry, v.name, v.pretrained_cfg, v, kw))
+        out.append(Case(registry, v.name, v.pretrained_cfg, v, _small_kw(registry, v)))
     for name in registry.list_models():
-        if name not in seen and name not in SAME_CODE.get(registry.name, {}):
+        if name not in seen and name not in spec["same_code"]:
             out.append(Case(registry, name, registry.default_cfg(name)))
     return out
 
@@ -85,8 +139,9 @@ IDS = [f"{c.registry.name}:{c.name}" for c in ALL]
 def _timm_cases():
     out = []
     for r in REGISTRIES:
-        out += [Case(r, v.name, v.pretrained_cfg, v) for v in r.variants(paper=True)]
-        out += [Case(r, n, r.default_cfg(n)) for n in TIMM_CONSTRUCTORS[r.name]]
+        small = SPEC[r.name]["small_timm"]
+        out += [Case(r, v.name, v.pretrained_cfg, v, _small_kw(r, v) if small else {}) for v in r.variants(paper=True)]
+        out += [Case(r, n, r.default_cfg(n)) for n in SPEC[r.name]["timm_constructors"]]
     return out
 
 
@@ -138,14 +193,18 @@ def test_contract_covers_every_constructor():
     for r in REGISTRIES:
         assert r.variants(), r.name
         cases = [c for c in ALL if c.registry is r]
-        assert {c.model for c in cases} | set(SAME_CODE.get(r.name, {})) == set(r.list_models()), r.name
+        spec = SPEC[r.name]
+        assert {c.model for c in cases} | set(spec["same_code"]) == set(r.list_models()), r.name
+        if spec["all_named"]:  # the table covers every constructor
+            assert {v.model for v in r.variants()} == set(r.list_models()), r.name
         # a constructor outside the table has a complete cfg of its own
         for c in cases:
             if c.variant is None:
                 assert all(c.cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), c.name
-    for r_name, same in SAME_CODE.items():
+    assert set(SPEC) == set(PAPER_MODULES) == {r.name for r in REGISTRIES}
+    for r_name, spec in SPEC.items():
         reg = PAPER_MODULES[r_name].REGISTRY
-        for deep, case in same.items():
+        for deep, case in spec["same_code"].items():
             assert case in reg.list_models() and reg.default_cfg(deep) == reg.default_cfg(case), deep
 
 
@@ -161,12 +220,13 @@ def test_forward_is_head_of_features(case, built):
         pre = model.forward_head(feats, pre_logits=True)
     assert out.shape == (1, case.num_classes) and model.num_classes == case.num_classes
     assert feats.shape == (1, model.num_features, case.pooled, case.pooled)
+    assert case.pooled == case.size // model.feature_info[-1]["reduction"]
     assert pre.shape == (1, model.num_features)
     assert torch.allclose(pre, feats.mean(dim=(2, 3)), rtol=0, atol=1e-6)
     head = model.get_classifier()
-    assert head is getattr(model, case.cfg["classifier"])
+    assert head is model.get_submodule(case.cfg["classifier"])
     assert torch.allclose(out, F.linear(pre, head.weight, head.bias), rtol=0, atol=1e-5)
-    assert model.no_weight_decay() == set()
+    assert model.no_weight_decay() == case.spec["no_wd"]
 
 
 @pytest.mark.parametrize("case", ALL, ids=IDS)
@@ -230,8 +290,9 @@ def test_grad_checkpointing_equal_outputs_and_grads(case, monkeypatch):
     ckpt = copy.deepcopy(ref)
     ckpt.set_grad_checkpointing(True)
     calls = []
-    real = common.models.checkpoint
-    monkeypatch.setattr(common.models, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    site = case.spec["ckpt_module"]
+    real = site.checkpoint
+    monkeypatch.setattr(site, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = _x(3, batch=2, size=case.size).double()
     w = torch.randn(2, case.num_classes, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     outs = []
@@ -240,13 +301,15 @@ def test_grad_checkpointing_equal_outputs_and_grads(case, monkeypatch):
         out = m(x)
         (out * w).sum().backward()
         outs.append(out.detach())
-    assert len(calls) == len(ckpt.stage_names)  # every stage ran under torch.utils.checkpoint
+    n_calls = case.spec["ckpt_calls"](ckpt)
+    assert n_calls >= len(ckpt.stage_names)
+    assert len(calls) == n_calls  # every stage (or block) ran under torch.utils.checkpoint
     assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-12)
     for (k, a), b in zip(ref.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-12), k
     with torch.no_grad():  # no checkpointing without autograd
         ckpt(x)
-    assert len(calls) == len(ckpt.stage_names)
+    assert len(calls) == n_calls
 
 
 @pytest.mark.parametrize("case", ALL, ids=IDS)
@@ -271,12 +334,12 @@ def test_group_matcher_covers_every_parameter(case, built):
 # ------------------------------------------------------------------------------------------
 # The variant table
 # ------------------------------------------------------------------------------------------
-def _expected_norm(case):
-    if case.cfg["input_size"] == (3, 32, 32):
-        mod = PAPER_MODULES[case.registry.name]
-        return mod.CIFAR_MEAN, mod.CIFAR_STD
-    assert case.cfg["input_size"] == (3, 224, 224)
-    return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+def _expected_data(case):
+    """The paper's data cfg at the case's input side (SPEC)."""
+    data = case.spec["data"]
+    side = case.cfg["input_size"][-1]
+    assert side in data, f"{case.name}: input side {side}, the paper's table has {sorted(data)}"
+    return data[side]
 
 
 VARIANT_CASES = [Case(r, v.name, v.pretrained_cfg, v) for r in REGISTRIES for v in r.variants()] + \
@@ -290,13 +353,14 @@ def test_pretrained_cfg_complete(case):
     cfg = case.cfg
     assert all(cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), case.name
     PretrainedCfg(**cfg)  # only timm's field names
-    assert (cfg["mean"], cfg["std"]) == _expected_norm(case)
+    data = _expected_data(case)
+    assert (cfg["input_size"], cfg["mean"], cfg["std"]) == (data["input_size"], data["mean"], data["std"])
     model = case.create()
     if case.variant is not None:
         assert model.pretrained_cfg["architecture"] == case.name
         assert case.variant.describe().startswith(f"{case.model}(num_classes={case.num_classes}, ")
-    assert type(getattr(model, cfg["first_conv"])).__name__ == "Conv2d"
-    assert getattr(model, cfg["classifier"]).out_features == cfg["num_classes"]
+    assert type(model.get_submodule(cfg["first_conv"])).__name__ == "Conv2d"
+    assert model.get_submodule(cfg["classifier"]).out_features == cfg["num_classes"]
 
 
 def test_registry_variant_api():
@@ -362,21 +426,19 @@ def test_timm_train_py_calls(case):
     from timm.optim import create_optimizer_v2
 
     torch.manual_seed(0)
-    model = _train_py_create(case.name)
+    model = _train_py_create(case.name, **case.kw)
     assert model.num_classes == case.num_classes  # train.py reads it when --num-classes is not given
     cfg = model.pretrained_cfg
     assert cfg["architecture"] == case.name
     assert {k: cfg[k] for k in case.cfg} == dict(case.cfg)
     data = resolve_data_config({}, model=model)
-    mean, std = _expected_norm(case)
-    assert data == dict(input_size=case.cfg["input_size"], interpolation="bilinear", mean=mean, std=std,
-                        crop_pct=case.cfg["crop_pct"], crop_mode="center")
+    assert data == _expected_data(case)
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     # same module and weights as ours
-    ours = PAPER_MODULES[case.registry.name].create_model(case.name)
+    ours = PAPER_MODULES[case.registry.name].create_model(case.name, **case.kw)
     assert type(ours) is type(model) and list(ours.state_dict()) == list(model.state_dict())
     ours.load_state_dict(model.state_dict())
     x = _x(6, size=case.size)
@@ -448,7 +510,7 @@ def test_timm_registration_does_not_shadow_or_pollute():
     from common.timm_compat import register_timm
 
     for r in REGISTRIES:
-        names = [v.name for v in r.variants(paper=True)] + list(TIMM_CONSTRUCTORS[r.name])
+        names = [v.name for v in r.variants(paper=True)] + list(SPEC[r.name]["timm_constructors"])
         assert sorted(timm.list_models(module="layerzoo_" + r.name)) == sorted(names)
         mod = PAPER_MODULES[r.name]
         for name in names:
