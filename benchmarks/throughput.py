@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 # paper:name -> (module, constructor name, constructor kwargs): every paper's headline variants, read from
 # its registry's table (``<paper>.variants(paper=True)``).
-PAPERS = ("dianet",)
+PAPERS = ("dianet", "rlanet")
 
 
 def _aliases(papers=PAPERS):

@@ -24,12 +24,13 @@ import common.models
 import dianet
 import dla
 import dwnet
+import rlanet
 from common.models import ClassifierModel, feature_net
 from common.registry import REQUIRED_PRETRAINED_CFG_KEYS, Registry, UnknownModelError, Variant
 
 # Every paper registry; each new paper adds its own here and a row to SPEC.
-REGISTRIES = [dianet.REGISTRY, dla.REGISTRY, dwnet.REGISTRY]
-PAPER_MODULES = {"dianet": dianet, "dla": dla, "dwnet": dwnet}
+REGISTRIES = [dianet.REGISTRY, dla.REGISTRY, dwnet.REGISTRY, rlanet.REGISTRY]
+PAPER_MODULES = {"dianet": dianet, "dla": dla, "dwnet": dwnet, "rlanet": rlanet}
 
 
 def _data(input_size, interpolation, mean, std, crop_pct):
@@ -48,34 +49,53 @@ def _block_calls(model):
     return sum(len(getattr(model.get_submodule(s), model.blocks_attr)) for s in model.stage_names)
 
 
+def _none(model):
+    return 0
+
+
+def _no(model):
+    return False
+
+
 # Per paper:
 #   small: constructor overrides that keep the code path and make a case cheap (applied where the variant
-#     sets that argument; None: the full variant, grad checkpointing searches a small ``depth``);
-#   per_constructor: one case per constructor (the paper's variants differ only in the number of blocks);
-#   small_timm: the timm train.py cases are built with ``small`` too (else the full model);
+#     sets that argument; variants that differ only in those arguments are one case, e.g. the depths of a
+#     constructor; None: every full variant, grad checkpointing searches a small ``depth``);
+#   small_timm: the overrides the timm train.py cases are built with (None: the full model);
 #   all_named: every constructor has a named variant (none outside the table);
 #   timm_constructors: constructors without a named variant registered in timm under their official names;
 #   same_code: deeper constructors -> the case that runs the same code (same class, longer stages);
 #   data: input side -> resolve_data_config of the paper's cfg at that side;
 #   no_wd: no_weight_decay(); ckpt_module / ckpt_calls: the module whose ``checkpoint`` grad checkpointing
-#     calls, and the number of calls of one forward.
+#     calls, and the number of calls of one forward;
+#   state_chs: channels forward_features appends after the last feature map (a recurrent state);
+#   one_block_stages: the model's stages are single blocks (its fine and coarse groups coincide).
 SPEC = {
     "dianet": dict(
-        small=None, per_constructor=False, small_timm=False, all_named=True, timm_constructors=(), same_code={},
+        small=None, small_timm=None, all_named=True, timm_constructors=(), same_code={},
         data={32: _data((3, 32, 32), "bilinear", dianet.CIFAR_MEAN, dianet.CIFAR_STD, 1.0)},
-        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls),
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls, state_chs=_none, one_block_stages=_no),
     "dla": dict(
-        small={"depth": 20}, per_constructor=True, small_timm=False, all_named=False,
+        small={"depth": 20}, small_timm=None, all_named=False,
         timm_constructors=("resnet50_dla_l", "resnet101_dla_l"),
         same_code={n: re.sub(r"101|152", "50", n) for n in dla.list_models() if re.search(r"101|152", n)},
         data={32: _data((3, 32, 32), "bilinear", dla.CIFAR_MEAN, dla.CIFAR_STD, 1.0),
               224: _data((3, 224, 224), "bilinear", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875)},
-        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls),
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls, state_chs=_none, one_block_stages=_no),
     "dwnet": dict(
-        small={"depths": (1, 1, 2, 1)}, per_constructor=False, small_timm=True, all_named=True,
+        small={"depths": (1, 1, 2, 1)}, small_timm={"depths": (1, 1, 2, 1)}, all_named=True,
         timm_constructors=(), same_code={},
         data={224: _data((3, 224, 224), "bicubic", dwnet.IMAGENET_MEAN, dwnet.IMAGENET_STD, 0.875)},
-        no_wd={"absolute_pos_embed"}, ckpt_module=dwnet.models.dwnet, ckpt_calls=_block_calls),
+        no_wd={"absolute_pos_embed"}, ckpt_module=dwnet.models.dwnet, ckpt_calls=_block_calls, state_chs=_none,
+        one_block_stages=_no),
+    "rlanet": dict(
+        # the RLA-MobileNetV2 variants differ in the state's width k only: one case each at k = 6
+        small={"layers": (1, 1, 2, 1), "rla_channel": 6}, small_timm={"layers": (1, 1, 2, 1)}, all_named=True,
+        timm_constructors=(), same_code={},
+        data={224: _data((3, 224, 224), "bilinear", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875)},
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls,
+        state_chs=lambda m: m.rla_channel if isinstance(m, rlanet.RLAResNet) else 0,  # RLA-ResNet: [x, h]
+        one_block_stages=lambda m: isinstance(m, rlanet.models.MobileNetV2Base)),  # each inverted residual
 }
 
 
@@ -113,21 +133,24 @@ class Case:
         return self.registry.create(self.name, **{**self.kw, **kw})
 
 
-def _small_kw(registry, v):
+def _small_kw(registry, v, key="small"):
     """The paper's small-build overrides that apply to variant ``v``."""
-    return {k: x for k, x in (SPEC[registry.name]["small"] or {}).items() if k in v.kwargs}
+    return {k: x for k, x in (SPEC[registry.name][key] or {}).items() if k in v.kwargs}
 
 
 def _cases(registry):
     spec = SPEC[registry.name]
-    out, seen = [], set()
+    out, seen, named = [], set(), set()
     for v in registry.variants():
-        if spec["per_constructor"] and v.model in seen:
-            continue  # one small case per constructor: the depths differ only in the number of blocks
-        seen.add(v.model)
-        out.append(Case(registry, v.name, v.pretrained_cfg, v, _small_kw(registry, v)))
+        named.add(v.model)
+        kw = _small_kw(registry, v)
+        same = (v.model, tuple(sorted((k, repr(x)) for k, x in v.kwargs.items() if k not in kw)))
+        if spec["small"] is not None and same in seen:
+            continue  # one small case: the variants differ only in the number of blocks (or a width)
+        seen.add(same)
+        out.append(Case(registry, v.name, v.pretrained_cfg, v, kw))
     for name in registry.list_models():
-        if name not in seen and name not in spec["same_code"]:
+        if name not in named and name not in spec["same_code"]:
             out.append(Case(registry, name, registry.default_cfg(name)))
     return out
 
@@ -139,8 +162,7 @@ IDS = [f"{c.registry.name}:{c.name}" for c in ALL]
 def _timm_cases():
     out = []
     for r in REGISTRIES:
-        small = SPEC[r.name]["small_timm"]
-        out += [Case(r, v.name, v.pretrained_cfg, v, _small_kw(r, v) if small else {}) for v in r.variants(paper=True)]
+        out += [Case(r, v.name, v.pretrained_cfg, v, _small_kw(r, v, "small_timm")) for v in r.variants(paper=True)]
         out += [Case(r, n, r.default_cfg(n)) for n in SPEC[r.name]["timm_constructors"]]
     return out
 
@@ -169,9 +191,11 @@ def _stage(model, name):
     return model.get_submodule(name)
 
 
-def _blocks(model, name):
+def _n_blocks(model, name):
+    """Blocks of a stage (a stage that is not a container is one block)."""
     stage = _stage(model, name)
-    return getattr(stage, model.blocks_attr) if model.blocks_attr else stage
+    stage = getattr(stage, model.blocks_attr) if model.blocks_attr else stage
+    return len(stage) if isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList)) else 1
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +295,9 @@ def test_features_only_matches_feature_info(case, built):
         feats = model.forward_features(x)
     assert [m.shape[1] for m in maps] == [i["num_chs"] for i in info]
     assert [case.size // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
-    assert torch.equal(maps[-1], feats)  # the last map is forward_features
+    # the last map is forward_features (or its first channels, before a recurrent state the paper appends)
+    assert feats.shape[1] == maps[-1].shape[1] + case.spec["state_chs"](model)
+    assert torch.equal(maps[-1], feats[:, :maps[-1].shape[1]])
     assert net.feature_info.channels() == [i["num_chs"] for i in info]
     # the registry's own create(features_only=True), and a subset of the maps
     torch.manual_seed(1)  # other weights than the model's until loaded
@@ -320,14 +346,22 @@ def test_group_matcher_covers_every_parameter(case, built):
     n = len(list(model.parameters()))
     names = [k for k, _ in model.trunk()]
     stem = names[: names.index(model.stage_names[0].split(".")[0])]
-    blocks = sum(len(_blocks(model, s)) for s in model.stage_names)
-    assert blocks > len(model.stage_names)  # at least one stage of several blocks
+    modules = [k for k, _ in model.named_modules()]  # the stem's modules come before the first stage
+    before_stages = set(modules[: modules.index(model.stage_names[0])])
+    blocks = sum(_n_blocks(model, s) for s in model.stage_names)
+    if case.spec["one_block_stages"](model):
+        assert blocks == len(model.stage_names)
+    else:
+        assert blocks > len(model.stage_names)  # at least one stage of several blocks
     for coarse, n_groups in ((True, 2 + len(model.stage_names)), (False, 2 + blocks)):
         groups = group_parameters(model, model.group_matcher(coarse=coarse))
         assert sum(len(g) for g in groups.values()) == n
         assert len(groups) == n_groups  # stem, stages (or blocks; the stage's shared cells / final norm join
         first, *_, last = groups.values()  # its last block), head
-        assert all(p.split(".")[0] in stem for p in first)
+        if stem:  # stages that are top-level children: the stem is the trunk's children before them
+            assert all(p.split(".")[0] in stem for p in first)
+        assert all(p.rpartition(".")[0] in before_stages for p in first)
+        assert not any(p.startswith(s + ".") for p in first for s in model.stage_names)
         assert all(p.startswith(case.cfg["classifier"] + ".") for p in last)
 
 
