@@ -8,8 +8,11 @@ where grad checkpointing calls ``checkpoint`` and how often. Cases are built at 
 the same code: DLA's CIFAR models at depth 20 (two blocks per stage, one case per constructor), its ImageNet
 models at only their 50-layer depth (``same_code``: the deeper ones are the same classes with longer stages,
 checked against the official outputs in tests/test_dla_models.py), DWNet with one block per stage but two
-in the third (every named variant: the spatial op differs). ImageNet models run at 64x64 input (every stage
-still downsamples)."""
+in the third (every named variant: the spatial op differs), RLA-Net's ResNets likewise (one case per
+option set; the 101/152-layer variants are their 50-layer case) and its RLA-MobileNetV2 variants at state
+width k = 6 (the k6 ... k32 variants are one case each for RLA / dsRLA, with and without ECA). Every named
+variant's own cfg and full build are checked in the variant-table tests, every paper variant through timm.
+ImageNet models run at 64x64 input (every stage still downsamples)."""
 import copy
 import re
 from dataclasses import dataclass, field
