@@ -176,6 +176,9 @@ def feature_net(model, out_indices=None, **kwargs):
         raise ValueError(f"{type(model).__name__}: out_indices {bad} out of range for {n} feature maps "
                          f"(valid: 0..{n - 1} or negative)")
     out_indices = tuple(i % n for i in out_indices)
+    # a trunk that is not a chain of children (state carried across stages) names its own class
+    if getattr(model, "feature_cls", None) is not None:
+        return model.feature_cls(model, out_indices=out_indices, **kwargs)
     if any("hook_type" in i for i in model.feature_info):
         # maps taken inside a child (e.g. a stage's input to its downsample): timm's hooks, same keys
         from timm.models import FeatureHookNet
@@ -183,5 +186,4 @@ def feature_net(model, out_indices=None, **kwargs):
         return FeatureHookNet(model, out_indices=out_indices, no_rewrite=False, **kwargs)
     # stage maps named inside a top-level Sequential ('stages.0') need timm's one-level flattening
     kwargs.setdefault("flatten_sequential", any("." in i["module"] for i in model.feature_info))
-    # a trunk that is not a chain of children (state carried across stages) names its own class
-    return getattr(model, "feature_cls", FeatureListNet)(model, out_indices=out_indices, **kwargs)
+    return FeatureListNet(model, out_indices=out_indices, **kwargs)

@@ -2,10 +2,17 @@
 (common.registry) and the timm bridge (common.timm_compat) with the calls timm's train.py makes.
 
 Each paper's named variants are contract cases; a constructor without a named variant (DLA's ImageNet
-models) is a case of its own with its default cfg. Cases are built at the smallest size that runs the same
-code: DLA's CIFAR models at depth 20 (two blocks per stage, one case per constructor), the ImageNet models at
-64x64 input and only their 50-layer depth (``SAME_CODE``: the deeper ones are the same classes with longer
-stages, checked against the official outputs in tests/test_dla_models.py)."""
+models) is a case of its own with its default cfg. What differs between the papers is in ``SPEC``, one row
+per paper: the build that runs the same code at a small size, the expected data cfg, ``no_weight_decay()``,
+where grad checkpointing calls ``checkpoint`` and how often. Cases are built at the smallest size that runs
+the same code: DLA's CIFAR models at depth 20 (two blocks per stage, one case per constructor), its ImageNet
+models at only their 50-layer depth (``same_code``: the deeper ones are the same classes with longer stages,
+checked against the official outputs in tests/test_dla_models.py), DWNet with one block per stage but two
+in the third (every named variant: the spatial op differs), RLA-Net's ResNets likewise (one case per
+option set; the 101/152-layer variants are their 50-layer case) and its RLA-MobileNetV2 variants at state
+width k = 6 (the k6 ... k32 variants are one case each for RLA / dsRLA, with and without ECA). Every named
+variant's own cfg and full build are checked in the variant-table tests, every paper variant through timm.
+ImageNet models run at 64x64 input (every stage still downsamples)."""
 import copy
 import re
 from dataclasses import dataclass, field
@@ -19,18 +26,80 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import common.models
 import dianet
 import dla
+import dwnet
+import rlanet
 from common.models import ClassifierModel, feature_net
 from common.registry import REQUIRED_PRETRAINED_CFG_KEYS, Registry, UnknownModelError, Variant
 
-# Every paper registry; each new paper adds its own here.
-REGISTRIES = [dianet.REGISTRY, dla.REGISTRY]
-PAPER_MODULES = {"dianet": dianet, "dla": dla}
-# constructors (without a named variant) that a paper registers in timm under their official names
-TIMM_CONSTRUCTORS = {"dianet": (), "dla": ("resnet50_dla_l", "resnet101_dla_l")}
-# constructor-level overrides that keep the code path and make the case cheap (None: search a small depth)
-SMALL = {"dianet": None, "dla": {"depth": 20}}
-# deeper constructors -> the case that runs the same code (same class, longer stages)
-SAME_CODE = {"dla": {n: re.sub(r"101|152", "50", n) for n in dla.list_models() if re.search(r"101|152", n)}}
+# Every paper registry; each new paper adds its own here and a row to SPEC.
+REGISTRIES = [dianet.REGISTRY, dla.REGISTRY, dwnet.REGISTRY, rlanet.REGISTRY]
+PAPER_MODULES = {"dianet": dianet, "dla": dla, "dwnet": dwnet, "rlanet": rlanet}
+
+
+def _data(input_size, interpolation, mean, std, crop_pct):
+    """What timm's resolve_data_config gives for a model of that cfg."""
+    return dict(input_size=input_size, interpolation=interpolation, mean=mean, std=std, crop_pct=crop_pct,
+                crop_mode="center")
+
+
+def _stage_calls(model):
+    """One ``checkpoint`` call per stage (common.models.ClassifierModel's trunk)."""
+    return len(model.stage_names)
+
+
+def _block_calls(model):
+    """One ``checkpoint`` call per block (the official ``use_checkpoint`` of a stage's block loop)."""
+    return sum(len(getattr(model.get_submodule(s), model.blocks_attr)) for s in model.stage_names)
+
+
+def _none(model):
+    return 0
+
+
+def _no(model):
+    return False
+
+
+# Per paper:
+#   small: constructor overrides that keep the code path and make a case cheap (applied where the variant
+#     sets that argument; variants that differ only in those arguments are one case, e.g. the depths of a
+#     constructor; None: every full variant, grad checkpointing searches a small ``depth``);
+#   small_timm: the overrides the timm train.py cases are built with (None: the full model);
+#   all_named: every constructor has a named variant (none outside the table);
+#   timm_constructors: constructors without a named variant registered in timm under their official names;
+#   same_code: deeper constructors -> the case that runs the same code (same class, longer stages);
+#   data: input side -> resolve_data_config of the paper's cfg at that side;
+#   no_wd: no_weight_decay(); ckpt_module / ckpt_calls: the module whose ``checkpoint`` grad checkpointing
+#     calls, and the number of calls of one forward;
+#   state_chs: channels forward_features appends after the last feature map (a recurrent state);
+#   one_block_stages: the model's stages are single blocks (its fine and coarse groups coincide).
+SPEC = {
+    "dianet": dict(
+        small=None, small_timm=None, all_named=True, timm_constructors=(), same_code={},
+        data={32: _data((3, 32, 32), "bilinear", dianet.CIFAR_MEAN, dianet.CIFAR_STD, 1.0)},
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls, state_chs=_none, one_block_stages=_no),
+    "dla": dict(
+        small={"depth": 20}, small_timm=None, all_named=False,
+        timm_constructors=("resnet50_dla_l", "resnet101_dla_l"),
+        same_code={n: re.sub(r"101|152", "50", n) for n in dla.list_models() if re.search(r"101|152", n)},
+        data={32: _data((3, 32, 32), "bilinear", dla.CIFAR_MEAN, dla.CIFAR_STD, 1.0),
+              224: _data((3, 224, 224), "bilinear", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875)},
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls, state_chs=_none, one_block_stages=_no),
+    "dwnet": dict(
+        small={"depths": (1, 1, 2, 1)}, small_timm={"depths": (1, 1, 2, 1)}, all_named=True,
+        timm_constructors=(), same_code={},
+        data={224: _data((3, 224, 224), "bicubic", dwnet.IMAGENET_MEAN, dwnet.IMAGENET_STD, 0.875)},
+        no_wd={"absolute_pos_embed"}, ckpt_module=dwnet.models.dwnet, ckpt_calls=_block_calls, state_chs=_none,
+        one_block_stages=_no),
+    "rlanet": dict(
+        # the RLA-MobileNetV2 variants differ in the state's width k only: one case each at k = 6
+        small={"layers": (1, 1, 2, 1), "rla_channel": 6}, small_timm={"layers": (1, 1, 2, 1)}, all_named=True,
+        timm_constructors=(), same_code={},
+        data={224: _data((3, 224, 224), "bilinear", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875)},
+        no_wd=set(), ckpt_module=common.models, ckpt_calls=_stage_calls,
+        state_chs=lambda m: m.rla_channel if isinstance(m, rlanet.RLAResNet) else 0,  # RLA-ResNet: [x, h]
+        one_block_stages=lambda m: isinstance(m, rlanet.models.MobileNetV2Base)),  # each inverted residual
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +109,10 @@ class Case:
     cfg: Mapping[str, Any]  #: its pretrained_cfg (the variant's, else the constructor's default cfg)
     variant: Optional[Variant] = None
     kw: Mapping[str, Any] = field(default_factory=dict)  #: overrides for a cheap build of the same code
+
+    @property
+    def spec(self):
+        return SPEC[self.registry.name]
 
     @property
     def model(self):
@@ -63,17 +136,24 @@ class Case:
         return self.registry.create(self.name, **{**self.kw, **kw})
 
 
+def _small_kw(registry, v, key="small"):
+    """The paper's small-build overrides that apply to variant ``v``."""
+    return {k: x for k, x in (SPEC[registry.name][key] or {}).items() if k in v.kwargs}
+
+
 def _cases(registry):
-    small = SMALL[registry.name]
-    out, seen = [], set()
+    spec = SPEC[registry.name]
+    out, seen, named = [], set(), set()
     for v in registry.variants():
-        if small is not None and v.model in seen:
-            continue  # one small case per constructor: the depths differ only in the number of blocks
-        seen.add(v.model)
-        kw = {k: x for k, x in (small or {}).items() if k in v.kwargs}
+        named.add(v.model)
+        kw = _small_kw(registry, v)
+        same = (v.model, tuple(sorted((k, repr(x)) for k, x in v.kwargs.items() if k not in kw)))
+        if spec["small"] is not None and same in seen:
+            continue  # one small case: the variants differ only in the number of blocks (or a width)
+        seen.add(same)
         out.append(Case(registry, v.name, v.pretrained_cfg, v, kw))
     for name in registry.list_models():
-        if name not in seen and name not in SAME_CODE.get(registry.name, {}):
+        if name not in named and name not in spec["same_code"]:
             out.append(Case(registry, name, registry.default_cfg(name)))
     return out
 
@@ -85,8 +165,8 @@ IDS = [f"{c.registry.name}:{c.name}" for c in ALL]
 def _timm_cases():
     out = []
     for r in REGISTRIES:
-        out += [Case(r, v.name, v.pretrained_cfg, v) for v in r.variants(paper=True)]
-        out += [Case(r, n, r.default_cfg(n)) for n in TIMM_CONSTRUCTORS[r.name]]
+        out += [Case(r, v.name, v.pretrained_cfg, v, _small_kw(r, v, "small_timm")) for v in r.variants(paper=True)]
+        out += [Case(r, n, r.default_cfg(n)) for n in SPEC[r.name]["timm_constructors"]]
     return out
 
 
@@ -114,9 +194,11 @@ def _stage(model, name):
     return model.get_submodule(name)
 
 
-def _blocks(model, name):
+def _n_blocks(model, name):
+    """Blocks of a stage (a stage that is not a container is one block)."""
     stage = _stage(model, name)
-    return getattr(stage, model.blocks_attr) if model.blocks_attr else stage
+    stage = getattr(stage, model.blocks_attr) if model.blocks_attr else stage
+    return len(stage) if isinstance(stage, (torch.nn.Sequential, torch.nn.ModuleList)) else 1
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +220,18 @@ def test_contract_covers_every_constructor():
     for r in REGISTRIES:
         assert r.variants(), r.name
         cases = [c for c in ALL if c.registry is r]
-        assert {c.model for c in cases} | set(SAME_CODE.get(r.name, {})) == set(r.list_models()), r.name
+        spec = SPEC[r.name]
+        assert {c.model for c in cases} | set(spec["same_code"]) == set(r.list_models()), r.name
+        if spec["all_named"]:  # the table covers every constructor
+            assert {v.model for v in r.variants()} == set(r.list_models()), r.name
         # a constructor outside the table has a complete cfg of its own
         for c in cases:
             if c.variant is None:
                 assert all(c.cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), c.name
-    for r_name, same in SAME_CODE.items():
+    assert set(SPEC) == set(PAPER_MODULES) == {r.name for r in REGISTRIES}
+    for r_name, spec in SPEC.items():
         reg = PAPER_MODULES[r_name].REGISTRY
-        for deep, case in same.items():
+        for deep, case in spec["same_code"].items():
             assert case in reg.list_models() and reg.default_cfg(deep) == reg.default_cfg(case), deep
 
 
@@ -161,12 +247,13 @@ def test_forward_is_head_of_features(case, built):
         pre = model.forward_head(feats, pre_logits=True)
     assert out.shape == (1, case.num_classes) and model.num_classes == case.num_classes
     assert feats.shape == (1, model.num_features, case.pooled, case.pooled)
+    assert case.pooled == case.size // model.feature_info[-1]["reduction"]
     assert pre.shape == (1, model.num_features)
     assert torch.allclose(pre, feats.mean(dim=(2, 3)), rtol=0, atol=1e-6)
     head = model.get_classifier()
-    assert head is getattr(model, case.cfg["classifier"])
+    assert head is model.get_submodule(case.cfg["classifier"])
     assert torch.allclose(out, F.linear(pre, head.weight, head.bias), rtol=0, atol=1e-5)
-    assert model.no_weight_decay() == set()
+    assert model.no_weight_decay() == case.spec["no_wd"]
 
 
 @pytest.mark.parametrize("case", ALL, ids=IDS)
@@ -211,7 +298,9 @@ def test_features_only_matches_feature_info(case, built):
         feats = model.forward_features(x)
     assert [m.shape[1] for m in maps] == [i["num_chs"] for i in info]
     assert [case.size // m.shape[-1] for m in maps] == [i["reduction"] for i in info]
-    assert torch.equal(maps[-1], feats)  # the last map is forward_features
+    # the last map is forward_features (or its first channels, before a recurrent state the paper appends)
+    assert feats.shape[1] == maps[-1].shape[1] + case.spec["state_chs"](model)
+    assert torch.equal(maps[-1], feats[:, :maps[-1].shape[1]])
     assert net.feature_info.channels() == [i["num_chs"] for i in info]
     # the registry's own create(features_only=True), and a subset of the maps
     torch.manual_seed(1)  # other weights than the model's until loaded
@@ -230,8 +319,9 @@ def test_grad_checkpointing_equal_outputs_and_grads(case, monkeypatch):
     ckpt = copy.deepcopy(ref)
     ckpt.set_grad_checkpointing(True)
     calls = []
-    real = common.models.checkpoint
-    monkeypatch.setattr(common.models, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    site = case.spec["ckpt_module"]
+    real = site.checkpoint
+    monkeypatch.setattr(site, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = _x(3, batch=2, size=case.size).double()
     w = torch.randn(2, case.num_classes, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     outs = []
@@ -240,13 +330,15 @@ def test_grad_checkpointing_equal_outputs_and_grads(case, monkeypatch):
         out = m(x)
         (out * w).sum().backward()
         outs.append(out.detach())
-    assert len(calls) == len(ckpt.stage_names)  # every stage ran under torch.utils.checkpoint
+    n_calls = case.spec["ckpt_calls"](ckpt)
+    assert n_calls >= len(ckpt.stage_names)
+    assert len(calls) == n_calls  # every stage (or block) ran under torch.utils.checkpoint
     assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-12)
     for (k, a), b in zip(ref.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-12), k
     with torch.no_grad():  # no checkpointing without autograd
         ckpt(x)
-    assert len(calls) == len(ckpt.stage_names)
+    assert len(calls) == n_calls
 
 
 @pytest.mark.parametrize("case", ALL, ids=IDS)
@@ -257,26 +349,34 @@ def test_group_matcher_covers_every_parameter(case, built):
     n = len(list(model.parameters()))
     names = [k for k, _ in model.trunk()]
     stem = names[: names.index(model.stage_names[0].split(".")[0])]
-    blocks = sum(len(_blocks(model, s)) for s in model.stage_names)
-    assert blocks > len(model.stage_names)  # at least one stage of several blocks
+    modules = [k for k, _ in model.named_modules()]  # the stem's modules come before the first stage
+    before_stages = set(modules[: modules.index(model.stage_names[0])])
+    blocks = sum(_n_blocks(model, s) for s in model.stage_names)
+    if case.spec["one_block_stages"](model):
+        assert blocks == len(model.stage_names)
+    else:
+        assert blocks > len(model.stage_names)  # at least one stage of several blocks
     for coarse, n_groups in ((True, 2 + len(model.stage_names)), (False, 2 + blocks)):
         groups = group_parameters(model, model.group_matcher(coarse=coarse))
         assert sum(len(g) for g in groups.values()) == n
         assert len(groups) == n_groups  # stem, stages (or blocks; the stage's shared cells / final norm join
         first, *_, last = groups.values()  # its last block), head
-        assert all(p.split(".")[0] in stem for p in first)
+        if stem:  # stages that are top-level children: the stem is the trunk's children before them
+            assert all(p.split(".")[0] in stem for p in first)
+        assert all(p.rpartition(".")[0] in before_stages for p in first)
+        assert not any(p.startswith(s + ".") for p in first for s in model.stage_names)
         assert all(p.startswith(case.cfg["classifier"] + ".") for p in last)
 
 
 # ------------------------------------------------------------------------------------------
 # The variant table
 # ------------------------------------------------------------------------------------------
-def _expected_norm(case):
-    if case.cfg["input_size"] == (3, 32, 32):
-        mod = PAPER_MODULES[case.registry.name]
-        return mod.CIFAR_MEAN, mod.CIFAR_STD
-    assert case.cfg["input_size"] == (3, 224, 224)
-    return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+def _expected_data(case):
+    """The paper's data cfg at the case's input side (SPEC)."""
+    data = case.spec["data"]
+    side = case.cfg["input_size"][-1]
+    assert side in data, f"{case.name}: input side {side}, the paper's table has {sorted(data)}"
+    return data[side]
 
 
 VARIANT_CASES = [Case(r, v.name, v.pretrained_cfg, v) for r in REGISTRIES for v in r.variants()] + \
@@ -290,13 +390,14 @@ def test_pretrained_cfg_complete(case):
     cfg = case.cfg
     assert all(cfg.get(k) is not None for k in REQUIRED_PRETRAINED_CFG_KEYS), case.name
     PretrainedCfg(**cfg)  # only timm's field names
-    assert (cfg["mean"], cfg["std"]) == _expected_norm(case)
+    data = _expected_data(case)
+    assert (cfg["input_size"], cfg["mean"], cfg["std"]) == (data["input_size"], data["mean"], data["std"])
     model = case.create()
     if case.variant is not None:
         assert model.pretrained_cfg["architecture"] == case.name
         assert case.variant.describe().startswith(f"{case.model}(num_classes={case.num_classes}, ")
-    assert type(getattr(model, cfg["first_conv"])).__name__ == "Conv2d"
-    assert getattr(model, cfg["classifier"]).out_features == cfg["num_classes"]
+    assert type(model.get_submodule(cfg["first_conv"])).__name__ == "Conv2d"
+    assert model.get_submodule(cfg["classifier"]).out_features == cfg["num_classes"]
 
 
 def test_registry_variant_api():
@@ -362,21 +463,19 @@ def test_timm_train_py_calls(case):
     from timm.optim import create_optimizer_v2
 
     torch.manual_seed(0)
-    model = _train_py_create(case.name)
+    model = _train_py_create(case.name, **case.kw)
     assert model.num_classes == case.num_classes  # train.py reads it when --num-classes is not given
     cfg = model.pretrained_cfg
     assert cfg["architecture"] == case.name
     assert {k: cfg[k] for k in case.cfg} == dict(case.cfg)
     data = resolve_data_config({}, model=model)
-    mean, std = _expected_norm(case)
-    assert data == dict(input_size=case.cfg["input_size"], interpolation="bilinear", mean=mean, std=std,
-                        crop_pct=case.cfg["crop_pct"], crop_mode="center")
+    assert data == _expected_data(case)
     model.set_grad_checkpointing(True)
     assert model.grad_checkpointing
     opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     # same module and weights as ours
-    ours = PAPER_MODULES[case.registry.name].create_model(case.name)
+    ours = PAPER_MODULES[case.registry.name].create_model(case.name, **case.kw)
     assert type(ours) is type(model) and list(ours.state_dict()) == list(model.state_dict())
     ours.load_state_dict(model.state_dict())
     x = _x(6, size=case.size)
@@ -448,7 +547,7 @@ def test_timm_registration_does_not_shadow_or_pollute():
     from common.timm_compat import register_timm
 
     for r in REGISTRIES:
-        names = [v.name for v in r.variants(paper=True)] + list(TIMM_CONSTRUCTORS[r.name])
+        names = [v.name for v in r.variants(paper=True)] + list(SPEC[r.name]["timm_constructors"])
         assert sorted(timm.list_models(module="layerzoo_" + r.name)) == sorted(names)
         mod = PAPER_MODULES[r.name]
         for name in names:
