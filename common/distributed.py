@@ -11,6 +11,7 @@ script's flags (``--world-size``, ``--rank``, ``--dist-url``, ``--dist-backend``
 """
 import argparse
 import os
+import random
 import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -125,6 +126,16 @@ def all_reduce_sum(tensor):
 
 def all_reduce_mean(tensor):
     return all_reduce_sum(tensor) / get_world_size()
+
+
+def agree_on_seed(seed, saved=None):
+    """The run's seed: ``seed`` when given, else ``saved`` (a resumed checkpoint's), else a random one in
+    1..10000 as the official scripts draw it; with several processes every rank takes rank 0's value, so
+    all shuffle and augment alike."""
+    if seed is not None:
+        return seed
+    seed = saved if saved is not None else random.randint(1, 10000)
+    return all_gather_object(seed)[0] if is_dist() else seed
 
 
 def all_gather_object(obj):

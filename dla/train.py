@@ -38,7 +38,6 @@ import argparse
 import itertools
 import math
 import os
-import random
 import sys
 
 if __package__ in (None, ""):  # run as a file from a checkout that is not pip-installed
@@ -57,6 +56,7 @@ from common.logging import setup_logging  # noqa: E402
 from common.registry import UnknownModelError  # noqa: E402
 from common.train import recipe  # noqa: E402
 from common.train.cli import cli as run_cli  # noqa: E402
+from common.train.cli import nonfinite_exit  # noqa: E402
 
 MODEL_NAMES = dla.list_models()
 #: the official curve logs: file name -> key of the epoch record
@@ -172,12 +172,7 @@ def _read_curves(folder, before_epoch):
 def main_worker(env, args):
     log = setup_logging(rank=env.rank)
     resume_state = ckpt.load_checkpoint(args.resume, trust=args.trust_checkpoint) if args.resume else None
-    seed = args.seed
-    if seed is None:
-        saved = (resume_state or {}).get("seed")
-        seed = saved if saved is not None else random.randint(1, 10000)
-        if env.distributed:  # every rank shuffles and augments alike
-            seed = D.all_gather_object(seed)[0]
+    seed = D.agree_on_seed(args.seed, (resume_state or {}).get("seed"))
     ckpt.seed_everything(seed)
     if args.seed is not None and env.device.type == "cuda":
         torch.backends.cudnn.deterministic = True
@@ -241,9 +236,7 @@ def main_worker(env, args):
             tr = engine.train_one_epoch(model, train_loader, criterion, optimizer, env, amp, None, epoch,
                                         print_freq=args.print_freq, log=log)
         except engine.NonFiniteLossError as err:
-            last = os.path.join(folder, "checkpoint.pth.tar")
-            raise SystemExit(f"error: {err}\nlast good checkpoint: "
-                             f"{last if os.path.isfile(last) else '(none written yet)'}")
+            raise nonfinite_exit(err, os.path.join(folder, "checkpoint.pth.tar"))
         va = validate()
         is_best = va["top1"] > best_acc1
         best_acc1 = max(va["top1"], best_acc1)

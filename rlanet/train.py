@@ -52,7 +52,6 @@ Fixed official defects:
 import argparse
 import math
 import os
-import random
 import sys
 
 if __package__ in (None, ""):  # run as a file from a checkout that is not pip-installed
@@ -69,7 +68,7 @@ from common import engine  # noqa: E402
 from common.config import dump_run_config  # noqa: E402
 from common.logging import JsonlLogger, setup_logging  # noqa: E402
 from common.train import recipe  # noqa: E402
-from common.train.cifar import cli  # noqa: E402
+from common.train.cli import cli, nonfinite_exit  # noqa: E402
 
 __all__ = ["MODEL_NAMES", "CURVE_FILES", "RECIPES", "get_parser", "lr_at", "checkpointer", "CurveLogs",
            "build_model", "main_worker", "main"]
@@ -252,13 +251,7 @@ def _data_root(args, env):
 def main_worker(env, args):
     log = setup_logging(rank=env.rank)
     resume = ckpt.load_checkpoint(args.resume, trust=args.trust_checkpoint) if args.resume else None
-    seed = args.seed
-    if seed is None:
-        seed = (resume or {}).get("seed")
-        if seed is None:
-            seed = random.randint(1, 10000)
-        if env.distributed:  # every process shuffles and augments alike
-            seed = D.all_gather_object(seed)[0]
+    seed = D.agree_on_seed(args.seed, (resume or {}).get("seed"))
     ckpt.seed_everything(seed)
     if args.seed is not None and env.device.type == "cuda":
         torch.backends.cudnn.deterministic = True
@@ -324,8 +317,7 @@ def main_worker(env, args):
                                         clip_grad=args.clip_grad, channels_last=args.channels_last,
                                         print_freq=args.print_freq, log=log)
         except engine.NonFiniteLossError as err:
-            last = saver.last()
-            raise SystemExit(f"error: {err}\nlast good checkpoint: {last or '(none written yet)'}") from None
+            raise nonfinite_exit(err, saver.last()) from None
         te = engine.evaluate(model, val_loader, torch.nn.CrossEntropyLoss(), env, amp, args.channels_last)
         log(" * Acc@1 {:.3f} Acc@5 {:.3f}".format(te["top1"], te["top5"]))
         is_best = te["top1"] > best_acc1

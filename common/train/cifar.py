@@ -17,7 +17,6 @@ resolved flags, ``log.jsonl``, TensorBoard and ``log.png`` (the learning curves)
 """
 import argparse
 import os
-import random
 
 import torch
 import torch.nn as nn
@@ -31,7 +30,7 @@ from common.config import dump_run_config
 from common.logging import JsonlLogger, OfficialLogger, TBWriter, setup_logging
 from common.plots import plot_curves, read_jsonl
 from common.registry import UnknownModelError
-from common.train.cli import cli  # noqa: F401  (the entry of the papers' cifar.py)
+from common.train.cli import cli, nonfinite_exit  # noqa: F401  (cli: the entry of the papers' cifar.py)
 
 __all__ = ["get_parser", "lr_at", "checkpointer", "build_loaders", "run", "cli", "OFFICIAL_COLUMNS"]
 
@@ -133,11 +132,7 @@ def run(args, build_model, model_names, *, columns=OFFICIAL_COLUMNS, title_prefi
     log = setup_logging(rank=env.rank)
 
     resume_state = ckpt.load_checkpoint(args.resume, trust=args.trust_checkpoint) if args.resume else None
-    if args.manualSeed is None:
-        saved = (resume_state or {}).get("seed")
-        args.manualSeed = saved if saved is not None else random.randint(1, 10000)
-        if env.distributed:  # every rank must shuffle and augment alike
-            args.manualSeed = D.all_gather_object(args.manualSeed)[0]
+    args.manualSeed = D.agree_on_seed(args.manualSeed, (resume_state or {}).get("seed"))
     ckpt.seed_everything(args.manualSeed)
 
     dataset, root = args.dataset, args.data_root
@@ -201,9 +196,7 @@ def run(args, build_model, model_names, *, columns=OFFICIAL_COLUMNS, title_prefi
                                         clip_grad=args.clip_grad, channels_last=args.channels_last,
                                         print_freq=args.print_freq, log=log)
         except engine.NonFiniteLossError as err:
-            last = os.path.join(args.checkpoint, "checkpoint.pth.tar")
-            raise SystemExit(f"error: {err}\nlast good checkpoint: "
-                             f"{last if os.path.isfile(last) else '(none written yet)'}")
+            raise nonfinite_exit(err, os.path.join(args.checkpoint, "checkpoint.pth.tar"))
         te = engine.evaluate(model, test_loader, criterion, env, amp, args.channels_last)
         is_best = te["top1"] > best_acc
         best_acc = max(te["top1"], best_acc)

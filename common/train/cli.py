@@ -7,6 +7,7 @@ Bad input is a missing or corrupt dataset, a refused / foreign / truncated / mis
 architecture, or a bad config file or key; the message names the file, key or valid names, and the
 traceback is not shown. The process group is torn down in every case.
 """
+import os
 import sys
 
 from common import checkpoint as ckpt
@@ -15,7 +16,7 @@ from common import distributed as D
 from common.config import ConfigError
 from common.registry import UnknownModelError
 
-__all__ = ["BAD_INPUT", "cli"]
+__all__ = ["BAD_INPUT", "cli", "nonfinite_exit"]
 
 BAD_INPUT = (cdata.DatasetNotFoundError, cdata.DataFileError, ckpt.CheckpointError, UnknownModelError, ConfigError,
              FileNotFoundError)
@@ -32,3 +33,10 @@ def cli(main, argv=None, extra_errors=(), rank0_only=False):
         sys.exit(2)
     finally:
         D.cleanup()
+
+
+def nonfinite_exit(err, last):
+    """The ``SystemExit`` of a training loop stopped by a non-finite loss (``err``): its message, and the last
+    good checkpoint ``last`` (a path, or None) when that file exists."""
+    kept = last if last and os.path.isfile(last) else "(none written yet)"
+    return SystemExit(f"error: {err}\nlast good checkpoint: {kept}")
