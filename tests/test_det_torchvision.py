@@ -103,3 +103,22 @@ def test_demo_command_line(demo_root, capsys):
     assert exc.value.code == 2
     assert demo_main(["--backbone", "dwnet:DWNet", "--demo", "--data", str(demo_root) + "/missing_split/x",
                       "--iters", "1", "--n_train", "1", "--n_val", "1"]) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("spec", ["dla:ResNet_dlal", "rlanet:RLA_ResNet", "dwnet:DWNet"])
+def test_detector_on_cuda(spec):
+    """The small detectors train a step and predict on the GPU (no state is created on the CPU)."""
+    from common.detection import DEMO_DETECTOR, demo_backbone
+
+    model = build_detector("fasterrcnn", demo_backbone(spec), **DEMO_DETECTOR).cuda().train()
+    images = [torch.rand(3, 130, 170, device="cuda"), torch.rand(3, 150, 128, device="cuda")]
+    targets = [dict(boxes=torch.tensor([[10.0, 20.0, 60.0, 80.0]], device="cuda"),
+                    labels=torch.tensor([3], device="cuda")) for _ in images]
+    loss = sum(model(images, targets).values())
+    loss.backward()
+    assert math.isfinite(loss.item())
+    with torch.no_grad():
+        out = model.eval()(images)
+    assert out[0]["boxes"].device.type == "cuda"
