@@ -112,13 +112,15 @@ class ResNetDLAL(ResNet):
     ``layerK.attention.i.bn_layer_attention.*``, ``layerK.lstm.*`` (DSU r = 16), ``layerK.extict.weight``."""
 
     blocks_attr = "layers"
+    dsu_reduction = 16  #: the DSU bottleneck C // r (the detection backbone's is 20)
+    dw_name = "extict"  #: the official name of the stage's depth-wise conv (the detection backbone's: excite)
 
     def _make_layer(self, planes, n, attn, stride=1, dilate=False):
         blocks = self._blocks(planes, n, attn, stride, dilate, return_shortcut=True)
         channels = planes * Bottleneck.expansion
         branches = [LightLayerAttentionBranch(channels, self.drop_path_rate, attn_name="mrla") for _ in range(n)]
-        return DLALightStage(nn.Sequential(*blocks), nn.Sequential(*branches), channels, reduction=16,
-                             dw_name="extict", fix_batch_context=self.fix_batch_context)
+        return DLALightStage(nn.Sequential(*blocks), nn.Sequential(*branches), channels, reduction=self.dsu_reduction,
+                             dw_name=self.dw_name, fix_batch_context=self.fix_batch_context)
 
 
 # --------------------------------------------------------------------------------------------------------

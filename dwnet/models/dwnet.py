@@ -205,10 +205,15 @@ class BasicLayer(nn.Module):
             for i in range(depth)])
         self.downsample = downsample(dim, norm_layer=norm_layer) if downsample is not None else None
 
-    def forward(self, x):
+    def forward_blocks(self, x):
+        """The blocks only (the stage's output map before its PatchMerging)."""
         ckpt = self.use_checkpoint and torch.is_grad_enabled() and not torch.jit.is_scripting()
         for blk in self.blocks:
             x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+        return x
+
+    def forward(self, x):
+        x = self.forward_blocks(x)
         if self.downsample is not None:
             x = self.downsample(x)
         return x

@@ -1,0 +1,1 @@
+"""Command-line tools of the subproject (run with ``python -m dwnet.tools.<name>``)."""
