@@ -37,7 +37,7 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def demo_coco(tmp_path_factory):
     """A small digits COCO set (16 train / 8 val images) in the standard COCO layout."""
-    from dacdetr.datasets.demo import build_demo_coco
+    from common.demo_coco import build_demo_coco
 
     root = tmp_path_factory.mktemp("coco_demo")
     build_demo_coco(root, n_train=16, n_val=8, seed=0)

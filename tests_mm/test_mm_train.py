@@ -10,8 +10,10 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from common.demo_coco import DEMO_CATEGORIES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = tuple(str(d) for d in range(10))
+CLASSES = tuple(c["name"] for c in DEMO_CATEGORIES)  # "0" .. "9", category ids 1 .. 10
 SIZE = (160, 160)
 
 
