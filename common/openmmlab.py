@@ -2,7 +2,7 @@
 
 A paper's plugin module (``dla.mmdet``, ``rlanet.mmdet``, ``dwnet.mmdet``, ``dwnet.mmseg``) is one call::
 
-    ResNet_dlal = register_backbone(dla.create_backbone, 'ResNet_dlal', 'mmdet')
+    ResNet_dlal = register_backbone(dla.create_backbone, 'ResNet_dlal', 'mmdet', __name__)
 
 which registers, in that library's ``MODELS`` registry and under the official class name, an
 ``mmengine.model.BaseModule`` subclass of the plain-PyTorch backbone that ``create_backbone(name, ...)``
@@ -17,13 +17,12 @@ logged, kept as ``backbone.load_report``) instead of being skipped silently.
 A config loads a plugin with ``custom_imports=dict(imports=['dla.mmdet'], allow_failed_imports=False)``.
 """
 import importlib
-import sys
 import types
 
 __all__ = ["register_backbone", "backbone_class", "MissingOpenMMLabError", "LIBRARIES"]
 
-#: library -> (module holding its MODELS registry, pip name)
-LIBRARIES = {"mmdet": ("mmdet.registry", "mmdet==3.3.0"), "mmseg": ("mmseg.registry", "mmsegmentation==1.2.2")}
+#: library -> the module holding its MODELS registry
+LIBRARIES = {"mmdet": "mmdet.registry", "mmseg": "mmseg.registry"}
 
 _INSTALL = "pip install -e '.[mmdet]' (mmengine, mmdet, mmsegmentation and the compiled mmcv 2.1.0)"
 
@@ -51,17 +50,15 @@ def backbone_class(create_backbone, name):
     return classes[name]
 
 
-def register_backbone(create_backbone, name, library, module=None):
+def register_backbone(create_backbone, name, library, module):
     """Register the backbone ``create_backbone(name, ...)`` in ``library``'s ``MODELS`` (``'mmdet'`` or
-    ``'mmseg'``) under ``name`` and return the registered class. ``module`` (default: the caller's module)
-    is where the class says it lives (``dla.mmdet.ResNet_dlal``)."""
+    ``'mmseg'``) under ``name`` and return the registered class; ``module`` is the plugin module that holds it
+    (``'dla.mmdet'``: the class is ``dla.mmdet.ResNet_dlal``)."""
     if library not in LIBRARIES:
         raise ValueError(f"library must be one of {', '.join(LIBRARIES)}, got {library!r}")
-    registry_module, _ = LIBRARIES[library]
+    registry_module = LIBRARIES[library]
     base_module = _import("mmengine.model", f"the {library} plugin of {name}").BaseModule
     models = _import(registry_module, f"the {library} plugin of {name}").MODELS
-    if module is None:
-        module = sys._getframe(1).f_globals.get("__name__", __name__)
     plain = backbone_class(create_backbone, name)
 
     def init_weights(self, pretrained=None):

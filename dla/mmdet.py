@@ -16,4 +16,4 @@ from . import create_backbone
 
 __all__ = ["ResNet_dlal"]
 
-ResNet_dlal = register_backbone(create_backbone, "ResNet_dlal", "mmdet")
+ResNet_dlal = register_backbone(create_backbone, "ResNet_dlal", "mmdet", __name__)

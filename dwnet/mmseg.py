@@ -16,4 +16,4 @@ from . import create_backbone
 
 __all__ = ["DWNet"]
 
-DWNet = register_backbone(create_backbone, "DWNet", "mmseg")
+DWNet = register_backbone(create_backbone, "DWNet", "mmseg", __name__)

@@ -17,4 +17,4 @@ from . import create_backbone
 
 __all__ = ["RLA_ResNet"]
 
-RLA_ResNet = register_backbone(create_backbone, "RLA_ResNet", "mmdet")
+RLA_ResNet = register_backbone(create_backbone, "RLA_ResNet", "mmdet", __name__)
