@@ -20,8 +20,8 @@ Usage::
     python -m common.demo_coco --out datasets/coco_demo
 
 (``python -m dacdetr.datasets.demo`` is the same command.) The detection demos of DAC-DETR and of the
-torchvision detectors (:mod:`common.detection`) train on it; masks for Mask R-CNN are the digits' ink
-(:func:`ink_masks`).
+torchvision detectors (:mod:`common.detection`) train on it; Mask R-CNN's masks are the annotations'
+``segmentation`` polygons (each digit's box).
 """
 import argparse
 import json

@@ -36,12 +36,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .coco_eval import STAT_NAMES  # the 12 numbers of ``COCOeval.stats``
+
 __all__ = ["FPNBackbone", "fasterrcnn", "maskrcnn", "build_detector", "CocoDetectionSet", "collate",
            "train_iterations", "evaluate_coco", "STAT_NAMES", "run_demo", "demo_main", "DEMO_BACKBONES"]
 
-#: the 12 numbers of ``COCOeval.stats``
-STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 
 
 class FPNBackbone(nn.Module):
@@ -204,45 +203,22 @@ def train_iterations(model, loader, iterations, lr=0.01, momentum=0.9, weight_de
 
 @torch.no_grad()
 def evaluate_coco(model, dataset, batch_size=2, iou_types=("bbox",), log=print):
-    """Run ``model`` (eval mode) over ``dataset`` (:class:`CocoDetectionSet`) and evaluate with pycocotools'
-    ``COCOeval``; prints the COCO table of each IoU type through ``log`` and returns ``{iou_type: 12 stats}``
-    (``STAT_NAMES``; -1 where COCO has no value, 0 when nothing was detected)."""
-    from pycocotools import mask as mask_utils
-    from pycocotools.cocoeval import COCOeval
+    """Run ``model`` (eval mode) over ``dataset`` (:class:`CocoDetectionSet`) and evaluate with pycocotools
+    (:class:`common.coco_eval.CocoEvaluator`); prints the COCO table of each IoU type through ``log`` and
+    returns ``{iou_type: the 12 stats}`` (``STAT_NAMES``; -1 where COCO has no value)."""
+    from .coco_eval import CocoEvaluator
 
     model.eval()
-    results = {t: [] for t in iou_types}
+    evaluator = CocoEvaluator(dataset.coco, tuple(iou_types))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for images, targets in loader:
-        for out, tgt in zip(model(list(images)), targets):
-            boxes = out["boxes"].tolist()
-            for j, (x0, y0, x1, y1) in enumerate(boxes):
-                det = dict(image_id=int(tgt["image_id"]), category_id=int(out["labels"][j]),
-                           bbox=[x0, y0, x1 - x0, y1 - y0], score=float(out["scores"][j]))
-                if "bbox" in results:
-                    results["bbox"].append(det)
-                if "segm" in results:
-                    m = (out["masks"][j, 0] > 0.5).numpy().astype(np.uint8)
-                    rle = mask_utils.encode(np.asfortranarray(m))
-                    rle["counts"] = rle["counts"].decode("ascii")
-                    results["segm"].append(dict(det, segmentation=rle))
-    stats = {}
-    for t in iou_types:
-        if not results[t]:
-            log(f"{t}: no detections")
-            stats[t] = [0.0] * len(STAT_NAMES)
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = dataset.coco.loadRes(results[t])
-            ev = COCOeval(dataset.coco, dt, t)
-            ev.evaluate()
-            ev.accumulate()
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            ev.summarize()
-        log(f"IoU type: {t}\n{buf.getvalue().rstrip()}")
-        stats[t] = [float(v) for v in ev.stats]
-    return stats
+        evaluator.update({int(t["image_id"]): out for out, t in zip(model(list(images)), targets)})
+    evaluator.accumulate()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        evaluator.summarize()
+    log(buf.getvalue().rstrip())
+    return {t: [float(v) for v in evaluator.coco_eval[t].stats] for t in iou_types}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -278,7 +278,7 @@ def test_coco_eval_shifted_boxes_known_value():
 def test_coco_eval_merges_ranks(monkeypatch):
     """Two ranks' detections (with one image evaluated on both, as a padded sampler does) give
     the same numbers as one process seeing everything once."""
-    import dacdetr.datasets.coco_eval as ce
+    import common.coco_eval as ce  # dacdetr.datasets.coco_eval re-exports it
 
     coco = _gt_coco(4)
     preds = _preds(coco, dx=16.0)
