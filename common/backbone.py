@@ -69,6 +69,7 @@ def backbone_factory(paper, backbones):
     create_backbone.__doc__ = (f"Build a {paper} detection backbone by its official class name "
                                f"({', '.join(backbones)}) with its official keyword arguments.")
     create_backbone.backbones = tuple(backbones)
+    create_backbone.classes = dict(backbones)  # name -> class (the OpenMMLab plugins subclass them)
     return create_backbone
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs into .venv and run the whole suite on both cores.
+# Install everything the test suite needs into .venv and run the whole suite on both cores; then the OpenMMLab
+# tests (tests_mm/) in .venv-mm (tools/mm_env.sh).
 # SLURM daemons (slurm-wlm, munge) come from Debian's packages when this runs as root; without them the
 # SLURM cluster tests skip with a reason.
 set -euo pipefail
@@ -12,4 +13,15 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -e '.[dev]'
 export OMP_NUM_THREADS=1
-exec .venv/bin/python -m pytest -n 2 --durations=25 -p no:cacheprovider tests "$@"
+status=0
+.venv/bin/python -m pytest -n 2 --durations=25 -p no:cacheprovider tests "$@" || status=$?
+# The OpenMMLab tests (mmdetection 3 / mmsegmentation 1 plugins, configs, training runs) in their own environment,
+# .venv-mm over .venv (tools/mm_env.sh); SKIP_MM_TESTS=1 leaves them out.
+if [ "${SKIP_MM_TESTS:-0}" != 1 ]; then
+  if bash tools/mm_env.sh; then
+    .venv-mm/bin/python -m pytest -n 2 --durations=10 -p no:cacheprovider tests_mm || status=$?
+  else
+    status=1
+  fi
+fi
+exit $status
