@@ -31,6 +31,7 @@ from timm.layers import LayerNorm2d, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from common.layers.conv import DepthwiseConv2d, cpu_channels_last
 from common.layers.drop import drop_path_or_identity
 from common.layers.swin import Mlp, PatchEmbed, PatchMerging
 from common.models import ClassifierModel
@@ -120,7 +121,7 @@ class DWBlock(nn.Module):
         elif dynamic and inhomogeneous:
             self.conv = IDynamicDWConv(dim, window_size, heads)
         else:
-            self.conv = nn.Conv2d(dim, dim, kernel_size=window_size, stride=1, padding=window_size // 2, groups=dim)
+            self.conv = DepthwiseConv2d(dim, window_size, stride=1, padding=window_size // 2)
         self.bn = nn.BatchNorm2d(dim)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(dim, dim, 1, bias=False)
@@ -280,7 +281,7 @@ class DWNet(ClassifierModel):
 
     # -- trunk ---------------------------------------------------------------------------------------
     def forward_features(self, x):
-        x = self.patch_embed(x)
+        x = cpu_channels_last(self.patch_embed(x))  # the layout the CPU kernels want (same numbers)
         if self.ape:
             h, w = x.shape[-2:]
             if [h, w] != self.patches_resolution:
