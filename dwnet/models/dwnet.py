@@ -20,6 +20,9 @@ math at the official 224 resolution:
   and classifies; ``features_only`` gives the four stage maps (the input of each stage's PatchMerging, and the
   final-norm map); ``set_grad_checkpointing`` is the official ``use_checkpoint`` (each block recomputed).
   ``drop_rate`` is the official one (``pos_drop`` and the Mlp dropout); there is no dropout before the head.
+* on CPU in float32 the stream runs channels_last from the patch embedding on and the static 7x7 depth-wise
+  conv is a :class:`common.layers.conv.DepthwiseConv2d` (same keys): oneDNN's depth-wise kernels are several
+  times faster in that layout, and the Mlp's ``(B, H, W, C)`` view of a channels_last map needs no copy.
 """
 from __future__ import annotations
 
