@@ -45,9 +45,6 @@ def _aliases(papers=PAPERS):
 
 
 ALIASES = _aliases()
-# ImageNet models that are not among a paper's headline variants
-ALIASES.setdefault("dla:resnet50_dla_l", ("dla", "resnet50_dla_l", {}))
-ALIASES.setdefault("dla:resnet101_dla_l", ("dla", "resnet101_dla_l", {}))
 
 # Official implementations on one H100 (torch 2.11, CUDA 13), same harness as this script.
 # key -> (batch, img_size, train fp32 img/s, train bf16 img/s, eval bf16 img/s, peak mem fp32 GB)
