@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 # paper:name -> (module, constructor name, constructor kwargs): every paper's headline variants, read from
 # its registry's table (``<paper>.variants(paper=True)``).
-PAPERS = ("dianet", "rlanet")
+PAPERS = ("dianet", "rlanet", "dla", "dwnet")
 
 
 def _aliases(papers=PAPERS):
@@ -256,6 +256,18 @@ def markdown_table(results, baseline, device, compiled):
 _RESULT_TAG = "THROUGHPUT_RESULT "
 
 
+def _where(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = "CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
 def _run_job(spec, kw, batch, size, precision, device, args):
     try:
         return measure(spec, kw, batch, size, precision, device, args)
@@ -284,10 +296,164 @@ def _run_job_subprocess(spec, kw, batch, size, precision, args):
     return dict(model=spec, precision=precision, error=f"worker exited with code {proc.returncode}")
 
 
+
+# ------------------------------------------------------------------------------------------
+# Paired suites: a model against a reference in the same process, interleaved
+# ------------------------------------------------------------------------------------------
+#: the reference "eager" means: the same model (same init), not compiled, against the model compiled
+EAGER = "eager"
+
+#: ``--suite cpu``: (label, model, reference, batch, img_size, target ratio). The issue's batches (64 / 128)
+#: are scaled down for a CPU; model and reference always run at the same batch here.
+SUITES = {
+    "cpu": [
+        ("resnet50_dla_l vs tv resnet50", "dla:resnet50_dla_l", "torchvision:resnet50", 8, 224, 0.85),
+        ("rla_resnet50 vs tv resnet50", "rlanet:rla_resnet50", "torchvision:resnet50", 8, 224, 0.9),
+        ("rla_mobilenetv2 vs tv mobilenet_v2", "rlanet:rla_mobilenetv2", "torchvision:mobilenet_v2", 16, 224, 0.9),
+        ("dwnet_tiny vs timm swin_tiny", "dwnet:dwnet_tiny", "timm:swin_tiny_patch4_window7_224", 8, 224, 1.0),
+        ("dia_resnet164 compiled vs eager", "dianet:dia_resnet164", EAGER, 32, 32, 1.5),
+        ("dla_b110 compiled vs eager", "dla:dla_b110", EAGER, 32, 32, 1.5),
+        ("dla_l110 compiled vs eager", "dla:dla_l110", EAGER, 32, 32, 1.5),
+    ],
+}
+
+
+def _train_step_fn(model, run, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(run(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _pair_member(spec, batch, img_size, device, compile_it, channels_last):
+    torch.manual_seed(0)
+    model, desc = build_model(spec)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=fmt).train()
+    with torch.no_grad():
+        num_classes = model.eval()(torch.zeros(1, 3, img_size, img_size, device=device)).shape[-1]
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, img_size, img_size, generator=gen).to(device=device, memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    run = torch.compile(model) if compile_it else model
+    return _train_step_fn(model, run, x, y), desc, sum(p.numel() for p in model.parameters())
+
+
+def measure_pair(label, spec, ref, batch, img_size, target, device, args):
+    """Train steps of ``spec`` and of ``ref`` (or of ``spec`` eager when ``ref == EAGER``, ``spec`` then
+    being compiled) interleaved: ``--rounds`` rounds of ``--steps-per-round`` steps each, the order of the
+    two alternating from round to round (ABBA...). Returns the median img/s of each, the ratio of the
+    per-round medians (median, min, max over the rounds) and the per-step spread."""
+    compiled = ref == EAGER
+    step_a, desc_a, params = _pair_member(spec, batch, img_size, device, compiled, args.channels_last)
+    step_b, desc_b, _ = _pair_member(spec if compiled else ref, batch, img_size, device, False,
+                                     args.channels_last)
+    t0 = time.perf_counter()
+    for _ in range(max(args.warmup, 3 if compiled else 1)):
+        step_a()
+    t_first = time.perf_counter() - t0
+    for _ in range(max(args.warmup, 1)):
+        step_b()
+    times_a, times_b, ratios = [], [], []
+    for r in range(args.rounds):
+        order = ((step_a, times_a), (step_b, times_b))
+        if r % 2:
+            order = order[::-1]
+        meds = {}
+        for step, acc in order:
+            ts = []
+            for _ in range(args.steps_per_round):
+                t = time.perf_counter()
+                step()
+                ts.append(time.perf_counter() - t)
+            acc += ts
+            meds[id(acc)] = statistics.median(ts)
+        ratios.append(meds[id(times_b)] / meds[id(times_a)])
+
+    def spread(ts):
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        return (q[2] - q[0]) / q[1]
+
+    ta, tb = statistics.median(times_a), statistics.median(times_b)
+    return dict(label=label, model=spec, reference=ref if not compiled else f"{spec} eager", desc=desc_a,
+                ref_desc=desc_b, params=params, batch=batch, img_size=img_size, target=target,
+                train_ips=batch / ta, ref_train_ips=batch / tb, ratio=statistics.median(ratios),
+                ratio_min=min(ratios), ratio_max=max(ratios), iqr_rel=spread(times_a),
+                ref_iqr_rel=spread(times_b), steps=len(times_a), warmup_s=t_first if compiled else None,
+                channels_last=bool(args.channels_last), threads=torch.get_num_threads())
+
+
+def suite_table(results):
+    head = ("| pair | batch @ res | model train img/s | reference train img/s | ratio (median of rounds) | "
+            "ratio min-max | step IQR/median model / ref | target | met |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['label']} | | error: {r['error']} |" + " |" * 6)
+            continue
+        lines.append(
+            f"| {r['label']} | {r['batch']} @ {r['img_size']} | {r['train_ips']:.2f} | {r['ref_train_ips']:.2f} | "
+            f"{r['ratio']:.2f} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | "
+            f"{100 * r['iqr_rel']:.0f}% / {100 * r['ref_iqr_rel']:.0f}% | >= {r['target']} | "
+            f"{'yes' if r['ratio'] >= r['target'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def run_suite(args, device):
+    import subprocess
+
+    pairs = SUITES[args.suite]
+    if args.only:
+        pairs = [p for p in pairs if any(o in p[0] for o in args.only)]
+    results = []
+    for i, (label, spec, ref, batch, size, target) in enumerate(pairs):
+        if args.batch_override:
+            batch = args.batch_override
+        if args.in_process or args._worker:
+            try:
+                r = measure_pair(label, spec, ref, batch, size, target, device, args)
+            except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+                r = dict(label=label, error=(str(exc).splitlines() or [type(exc).__name__])[0][:100])
+            if args._worker:
+                print(_RESULT_TAG + json.dumps(r), flush=True)
+                return [r]
+        else:
+            cmd = [sys.executable, os.path.abspath(__file__), "--_worker", "--suite", args.suite,
+                   "--only", label, "--device", args.device, "--rounds", str(args.rounds),
+                   "--steps-per-round", str(args.steps_per_round), "--warmup", str(args.warmup),
+                   "--threads", str(args.threads or 1)]
+            if args.batch_override:
+                cmd += ["--batch-override", str(args.batch_override)]
+            if args.channels_last:
+                cmd.append("--channels-last")
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            r = next((json.loads(line[len(_RESULT_TAG):]) for line in proc.stdout.splitlines()
+                      if line.startswith(_RESULT_TAG)),
+                     dict(label=label, error=f"worker exited with code {proc.returncode}"))
+        results.append(r)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    return results
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", required=True, help="paper:name (or an alias: "
+    p.add_argument("--suite", choices=sorted(SUITES), default=None,
+                   help="paired table: each model against its reference in the same process, interleaved "
+                        "(see SUITES); --models is then not needed")
+    p.add_argument("--only", nargs="+", default=None, help="--suite: only the pairs whose label contains one "
+                   "of these strings")
+    p.add_argument("--rounds", type=int, default=6, help="--suite: interleaved rounds")
+    p.add_argument("--steps-per-round", type=int, default=3, help="--suite: timed steps per model and round")
+    p.add_argument("--batch-override", type=int, default=None, help="--suite: one batch for every pair")
+    p.add_argument("--channels-last", action="store_true", help="--suite: model, reference and input in "
+                   "channels_last")
+    p.add_argument("--models", nargs="+", default=None, help="paper:name (or an alias: "
                    + ", ".join(sorted(ALIASES)) + ")")
     p.add_argument("--kwargs", default="{}", help="JSON dict of constructor kwargs applied to "
                    "every model given (overrides alias defaults)")
@@ -318,6 +484,22 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.suite:
+        torch.set_num_threads(args.threads or 1)
+        results = run_suite(args, device)
+        if args._worker:
+            return results
+        print(f"\nSuite {args.suite}: {_where(device)}; torch {torch.__version__}; {args.rounds} interleaved "
+              f"rounds x {args.steps_per_round} steps, warmup {args.warmup}"
+              + ("; channels_last" if args.channels_last else ""))
+        print()
+        print(suite_table(results))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1)
+        return results
+    if not args.models:
+        raise SystemExit("throughput.py: give --models (paper:name ...) or --suite")
     if args._worker:
         args.precisions = args.precisions[:1]
     jobs = [] if args.no_baseline else [(args.baseline, {}, args.baseline_batch, args.baseline_img_size)]
@@ -334,10 +516,7 @@ def main(argv=None):
                 print(_RESULT_TAG + json.dumps(r), flush=True)
                 return results
             print(json.dumps(r), file=sys.stderr, flush=True)
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"CPU, {torch.get_num_threads()} threads"
+    where = _where(device)
     print(f"\nDevice: {where}; torch {torch.__version__}; warmup {args.warmup}, median of "
           f"{args.steps} steps; baseline {args.baseline if not args.no_baseline else 'none'}; "
           f"official anchors: {ANCHOR_DEVICE}" + (" (n/a on CPU)" if device.type != "cuda" else ""))

@@ -30,6 +30,9 @@ Deviations from the official code, none of which changes a number:
 * the attention is computed with ``einsum`` / broadcasting instead of ``view``/``rearrange`` chains, and
   DLA-B refreshes all stored keys and values of a step in one DSU call instead of one call per entry
   (the same products, up to float rounding);
+* the depth-wise convolutions (``Wv`` and the stage's DW conv) are :class:`common.layers.conv.DepthwiseConv2d`
+  (same keys; channels_last on CPU, where it is several times faster), and a DLA-L stage runs channels_last on
+  CPU; MRLA-light broadcasts each head's gate over its channels instead of viewing ``V`` per head;
 * ``fix_batch_context=True`` (off by default) gives each sample its own DSU context in the refresh; see
   :class:`DLALightStage`.
 """
@@ -42,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.layers.attention import eca_kernel_size
+from common.layers.conv import DepthwiseConv2d, cpu_channels_last
 from common.layers.drop import drop_path_or_identity
 
 __all__ = [
@@ -125,7 +129,7 @@ class _LayerAttentionBase(nn.Module):
         self.scale = 1.0 / math.sqrt(channels / self.heads)
         self.Wq = nn.Conv1d(1, 1, kernel_size=k_size, padding=(k_size - 1) // 2, bias=False)
         self.Wk = nn.Conv1d(1, 1, kernel_size=k_size, padding=(k_size - 1) // 2, bias=False)
-        self.Wv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=False)
+        self.Wv = DepthwiseConv2d(channels, kernel_size=3, padding=1, bias=False)
 
     def _qkv(self, x):
         y = gap(x).unsqueeze(1)  # (B, 1, C)
@@ -143,7 +147,8 @@ class LightLayerAttention(_LayerAttentionBase):
         b, c, h, w = x.shape
         q, k, v = self._qkv(x)
         attn = torch.sigmoid((q * k).view(b, self.heads, -1).sum(-1) * self.scale)  # (B, G)
-        return (v.view(b, self.heads, -1) * attn.unsqueeze(-1)).view(b, c, h, w)
+        # each head's gate repeated over its channels, broadcast over H, W (any memory layout of v)
+        return v * attn.repeat_interleave(c // self.heads, dim=1)[:, :, None, None]
 
 
 class BaseLayerAttention(_LayerAttentionBase):
@@ -159,6 +164,7 @@ class BaseLayerAttention(_LayerAttentionBase):
     def forward(self, x, prev_k=None, prev_v=None):
         b, c, h, w = x.shape
         q, k, v = self._qkv(x)
+        v = v.contiguous()  # the stored values are viewed per head below
         keys = k.unsqueeze(1) if prev_k is None else torch.cat((prev_k, k.unsqueeze(1)), dim=1)
         values = v.unsqueeze(1) if prev_v is None else torch.cat((prev_v, v.unsqueeze(1)), dim=1)
         t, g = keys.shape[1], self.heads
@@ -272,10 +278,13 @@ class DLALightStage(_DLAStage):
     def __init__(self, blocks, branches, channels, reduction=4, dw_name="excite", fix_batch_context=False):
         super().__init__(blocks, branches, channels, reduction, fix_batch_context)
         self.dw_name = dw_name
-        self.add_module(dw_name, nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False))
+        self.add_module(dw_name, DepthwiseConv2d(channels, 3, padding=1, bias=False))
 
     def forward(self, x):
         dw = getattr(self, self.dw_name)
+        # on CPU the stage runs channels_last (its depth-wise convs are ~3x faster so, and one layout keeps the
+        # element-wise ops contiguous); the same numbers
+        x = cpu_channels_last(x)
         state = None
         for block, branch in zip(self.layers, self.attention):
             y, r = block(x)

@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from common import models as _core
 from common.layers.attention import ECAModule, SEModule
+from common.layers.conv import cpu_channels_last
 from common.layers.init import init_resnet_
 from common.models import ClassifierModel
 
@@ -276,8 +277,9 @@ class RLAResNet(ClassifierModel):
     @staticmethod
     def trunk_fn(m, x, n_maps=None):
         """Stem and stages; returns the stage maps (the first ``n_maps``, or all four with ``h``)."""
-        x = m.maxpool(m.act1(m.bn1(m.conv1(x))))
-        h = x.new_zeros(x.shape[0], m.rla_channel, x.shape[2], x.shape[3])
+        # on CPU (float32) the trunk runs channels_last, the layout oneDNN's kernels want (the same numbers)
+        x = cpu_channels_last(m.maxpool(m.act1(m.bn1(m.conv1(x)))))
+        h = cpu_channels_last(x.new_zeros(x.shape[0], m.rla_channel, x.shape[2], x.shape[3]))
         c = torch.zeros_like(h) if m.update == "lstm" else None
         ckpt = m.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         maps = []
