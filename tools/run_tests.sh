@@ -12,4 +12,11 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -e '.[dev]'
 export OMP_NUM_THREADS=1
-exec .venv/bin/python -m pytest -n 2 --durations=25 -p no:cacheprovider tests "$@"
+status=0
+.venv/bin/python -m pytest -n 2 --durations=25 -p no:cacheprovider tests "$@" || status=$?
+# the PaddlePaddle port: its own environment (tools/paddle_env.sh) and test folder; LAYERZOO_SKIP_PADDLE=1 skips
+if [ "${LAYERZOO_SKIP_PADDLE:-0}" != 1 ]; then
+  bash tools/paddle_env.sh && .venv-paddle/bin/python -m pytest -n 2 --durations=10 -p no:cacheprovider tests_paddle \
+    || status=$?
+fi
+exit $status
