@@ -11,6 +11,7 @@ import paddle.nn.functional as F
 __all__ = [
     "NestedTensor",
     "nested_tensor_from_tensor_list",
+    "clamp",
     "inverse_sigmoid",
     "box_cxcywh_to_xyxy",
     "box_area",
@@ -63,10 +64,24 @@ def nested_tensor_from_tensor_list(images) -> NestedTensor:
     return NestedTensor(paddle.stack(batch), paddle.to_tensor(np.stack(masks)))
 
 
+def clamp(x, min=None, max=None):
+    """``paddle.clip`` whose gradient is zero *at* the bounds as well as beyond them (PyTorch's
+    ``clamp`` convention; ``paddle.clip`` passes the gradient at the bounds). Matters where values sit
+    exactly on a bound, e.g. saturated sigmoids (1.0 in float32) in ``inverse_sigmoid``."""
+    inside = None
+    if min is not None:
+        inside = x > min
+    if max is not None:
+        below = x < max
+        inside = below if inside is None else paddle.logical_and(inside, below)
+    clipped = paddle.clip(x, min=min, max=max).detach()
+    return paddle.where(inside, x, clipped)
+
+
 def inverse_sigmoid(x, eps: float = 1e-5):
-    """``log(x / (1 - x))`` with ``x`` clipped to [0, 1] and both terms floored at ``eps``."""
-    x = paddle.clip(x, 0.0, 1.0)
-    return paddle.log(paddle.clip(x, min=eps) / paddle.clip(1 - x, min=eps))
+    """``log(x / (1 - x))`` with ``x`` clamped to [0, 1] and both terms floored at ``eps``."""
+    x = clamp(x, 0.0, 1.0)
+    return paddle.log(clamp(x, min=eps) / clamp(1 - x, min=eps))
 
 
 def box_cxcywh_to_xyxy(x):
@@ -83,7 +98,7 @@ def box_iou(boxes1, boxes2):
     area1, area2 = box_area(boxes1), box_area(boxes2)
     lt = paddle.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = paddle.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = paddle.clip(rb - lt, min=0)
+    wh = clamp(rb - lt, min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - inter
     return inter / union, union
@@ -96,7 +111,7 @@ def generalized_box_iou(boxes1, boxes2):
     iou, union = box_iou(boxes1, boxes2)
     lt = paddle.minimum(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = paddle.maximum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = paddle.clip(rb - lt, min=0)
+    wh = clamp(rb - lt, min=0)
     enclosing = wh[..., 0] * wh[..., 1]
     return iou - (enclosing - union) / enclosing
 
@@ -104,7 +119,7 @@ def generalized_box_iou(boxes1, boxes2):
 def elementwise_box_iou(boxes1, boxes2):
     lt = paddle.maximum(boxes1[:, :2], boxes2[:, :2])
     rb = paddle.minimum(boxes1[:, 2:], boxes2[:, 2:])
-    wh = paddle.clip(rb - lt, min=0)
+    wh = clamp(rb - lt, min=0)
     inter = wh[:, 0] * wh[:, 1]
     union = box_area(boxes1) + box_area(boxes2) - inter
     return inter / union, union
@@ -114,7 +129,7 @@ def elementwise_generalized_box_iou(boxes1, boxes2):
     iou, union = elementwise_box_iou(boxes1, boxes2)
     lt = paddle.minimum(boxes1[:, :2], boxes2[:, :2])
     rb = paddle.maximum(boxes1[:, 2:], boxes2[:, 2:])
-    wh = paddle.clip(rb - lt, min=0)
+    wh = clamp(rb - lt, min=0)
     enclosing = wh[:, 0] * wh[:, 1]
     return iou - (enclosing - union) / enclosing
 
