@@ -17,7 +17,7 @@ TINY = ("--device cpu --with_box_refine --two_stage --mixed_selection --look_for
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("paddle_demo")
-    build_demo_coco(root, n_train=8, n_val=4, seed=1)
+    build_demo_coco(root, n_train=4, n_val=2, seed=1)
     return root
 
 
