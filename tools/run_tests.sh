@@ -16,12 +16,17 @@ export OMP_NUM_THREADS=1
 status=0
 .venv/bin/python -m pytest -n 2 --durations=25 -p no:cacheprovider tests "$@" || status=$?
 # The OpenMMLab tests (mmdetection 3 / mmsegmentation 1 plugins, configs, training runs) in their own environment,
-# .venv-mm over .venv (tools/mm_env.sh); SKIP_MM_TESTS=1 leaves them out.
-if [ "${SKIP_MM_TESTS:-0}" != 1 ]; then
+# .venv-mm over .venv (tools/mm_env.sh); LAYERZOO_SKIP_MM=1 leaves them out.
+if [ "${LAYERZOO_SKIP_MM:-0}" != 1 ]; then
   if bash tools/mm_env.sh; then
     .venv-mm/bin/python -m pytest -n 2 --durations=10 -p no:cacheprovider tests_mm || status=$?
   else
     status=1
   fi
+fi
+# the PaddlePaddle port: its own environment (tools/paddle_env.sh) and test folder; LAYERZOO_SKIP_PADDLE=1 skips
+if [ "${LAYERZOO_SKIP_PADDLE:-0}" != 1 ]; then
+  bash tools/paddle_env.sh && .venv-paddle/bin/python -m pytest -n 2 --durations=10 -p no:cacheprovider tests_paddle \
+    || status=$?
 fi
 exit $status

@@ -1,0 +1,349 @@
+"""Train / evaluate the Paddle DAC-DETR on COCO, with the flags of ``python -m dacdetr.main``.
+
+::
+
+    python -m dacdetr.paddle.main --eval --resume checkpoint0011.pth --coco_path data/coco <config flags>
+    python -m dacdetr.paddle.main --coco_path data/coco --output_dir out <config flags>
+
+``--resume`` takes a Paddle checkpoint written here (``.safetensors``) or a PyTorch DAC-DETR checkpoint
+(``.pth``, ours or the official release; read safely and converted with :mod:`dacdetr.paddle.convert`).
+Recipe as the PyTorch script: AdamW (or SGD with ``--sgd``) with three parameter groups (the rest:
+``--lr``; names containing ``--lr_backbone_names``: ``--lr_backbone``; names containing
+``--lr_linear_proj_names``: ``--lr x --lr_linear_proj_mult``), weight decay on all, global-norm gradient
+clipping ``--clip_max_norm``, StepLR (``--lr_drop``, gamma 0.1) per epoch, one-to-many targets
+normalised by 3 x the boxes. Data: the COCO dataset and transforms of :mod:`dacdetr.datasets` (images
+arrive as arrays), evaluation with pycocotools through :class:`dacdetr.datasets.coco_eval.CocoEvaluator`.
+
+Checkpoints (``output_dir/checkpoint.safetensors`` and ``checkpoint{epoch:04}.safetensors``) hold only
+arrays (model weights, optimizer accumulators) plus a JSON header (epoch, scheduler, optimizer scalars,
+flags): loading them never runs code.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "cli", "build_param_groups", "save_checkpoint", "load_checkpoint", "evaluate",
+           "train_one_epoch", "collate"]
+
+BALANCE_NUM = 3
+
+
+def _paddle():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import paddle
+    return paddle
+
+
+def _matches(name, keywords):
+    return any(k in name for k in keywords)
+
+
+def build_param_groups(model, args):
+    """The three official groups, as Paddle parameter groups whose ``learning_rate`` multiplies the
+    scheduled ``--lr``: the rest x1, backbone x lr_backbone / lr, deformable offsets x lr_linear_proj_mult."""
+    named = [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
+    rest = [p for n, p in named if not _matches(n, args.lr_backbone_names) and not _matches(n, args.lr_linear_proj_names)]
+    backbone = [p for n, p in named if _matches(n, args.lr_backbone_names)]
+    proj = [p for n, p in named if _matches(n, args.lr_linear_proj_names)]
+    groups = [{"params": rest, "learning_rate": 1.0}]
+    if backbone:
+        groups.append({"params": backbone, "learning_rate": args.lr_backbone / args.lr})
+    if proj:
+        groups.append({"params": proj, "learning_rate": args.lr_linear_proj_mult})
+    return groups
+
+
+def collate(batch):
+    """[(image (3, H, W) array-like, target dict), ...] -> (NestedTensor, [target dicts of Paddle tensors])."""
+    paddle = _paddle()
+    from .ops import nested_tensor_from_tensor_list
+
+    images = [paddle.to_tensor(np.asarray(img, dtype=np.float32)) for img, _ in batch]
+    targets = []
+    for _, t in batch:
+        out = {}
+        for k, v in t.items():
+            arr = np.asarray(v)
+            out[k] = paddle.to_tensor(arr.astype(np.int64) if k == "labels" else arr)
+        targets.append(out)
+    return nested_tensor_from_tensor_list(images), targets
+
+
+def _batches(dataset, batch_size, shuffle, rng, drop_last):
+    order = rng.permutation(len(dataset)) if shuffle else np.arange(len(dataset))
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    for i in range(0, stop, batch_size):
+        yield collate([dataset[int(j)] for j in order[i:i + batch_size]])
+
+
+def _balance(targets):
+    paddle = _paddle()
+    return [{k: paddle.concat([v] * BALANCE_NUM) if k in ("labels", "boxes") else v for k, v in t.items()}
+            for t in targets]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _param_renamer(model, to_structured):
+    """Paddle keys optimizer state by the parameters' generated names (``linear_12.w_0_moment1_0``), which
+    depend on how many layers a process built before; checkpoints use the structured names instead
+    (``@transformer.enc_output.weight_moment1_0``). Returns a key-renaming function."""
+    pairs = [(p.name, "@" + n) for n, p in model.named_parameters()]
+    if not to_structured:
+        pairs = [(b, a) for a, b in pairs]
+    pairs.sort(key=lambda ab: -len(ab[0]))  # longest prefix first
+    table = dict(pairs)
+
+    def rename(key):
+        if key in table:
+            return table[key]
+        for old, new in pairs:
+            if key.startswith(old + "_"):
+                return new + key[len(old):]
+        return key
+
+    return rename
+
+def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=None, args=None):
+    """Arrays in a safetensors file; epoch / scheduler / optimizer scalars / flags in its JSON header."""
+    from safetensors.numpy import save_file
+
+    from common.checkpoint import atomic_write
+
+    paddle = _paddle()
+    tensors = {"model." + k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()}
+    extra = {}
+    if optimizer is not None:
+        to_struct = _param_renamer(model, to_structured=True)
+        for k, v in optimizer.state_dict().items():
+            if isinstance(v, paddle.Tensor):
+                tensors["optimizer." + to_struct(k)] = np.ascontiguousarray(v.numpy())
+            elif k == "master_weights":
+                for mk, mv in v.items():
+                    tensors["optimizer.master_weights." + to_struct(mk)] = np.ascontiguousarray(mv.numpy())
+            else:
+                extra[k] = v
+    meta = {"epoch": epoch, "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "optimizer": extra,
+            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+            if args is not None else None}
+    header = {"layerzoo": json.dumps(meta, default=float)}
+    tmp = Path(str(path) + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    atomic_write(path, lambda f: f.write(tmp.read_bytes()))
+    tmp.unlink()
+
+
+def load_checkpoint(path):
+    """(model state of Paddle tensors, optimizer state or None, header dict). ``.pth`` files are PyTorch
+    checkpoints: read safely and converted (no optimizer state)."""
+    paddle = _paddle()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    if p.suffix in (".pth", ".pt", ".bin") or p.name.endswith(".pth.tar"):
+        from .convert import load_torch_file, torch_to_paddle
+
+        state = torch_to_paddle(load_torch_file(str(p)))
+        if state.report.get("unused"):
+            print(f"{path}: keys without a conversion rule (not loaded): {state.report['unused'][:20]}")
+        return dict(state), None, {}
+    from safetensors import SafetensorError, safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {}).get("layerzoo", "{}"))
+        arrays = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({e})") from None
+    model = {k[len("model."):]: paddle.to_tensor(v) for k, v in arrays.items() if k.startswith("model.")}
+    if not model:
+        raise ValueError(f"{path} holds no model weights (keys 'model.*')")
+    opt = None
+    if any(k.startswith("optimizer.") for k in arrays):
+        opt = dict(meta.get("optimizer") or {})
+        masters = {}
+        for k, v in arrays.items():
+            if k.startswith("optimizer.master_weights."):
+                masters[k[len("optimizer.master_weights."):]] = paddle.to_tensor(v)
+            elif k.startswith("optimizer."):
+                opt[k[len("optimizer."):]] = paddle.to_tensor(v)
+        if masters:
+            opt["master_weights"] = masters
+    return model, opt, meta
+
+
+# ----------------------------------------------------------------------------- loops
+def train_one_epoch(model, criterion, batches, optimizer, epoch, print_freq=10):
+    model.train()
+    criterion.train()
+    from .criterion import weighted_total
+
+    sums, n, start = {}, 0, time.time()
+    for it, (samples, targets) in enumerate(batches):
+        outputs = model(samples, targets)
+        loss_dict = criterion(outputs, targets, _balance(targets))
+        loss = weighted_total(loss_dict, criterion.weight_dict)
+        value = float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"Loss is {value}, stopping training ({ {k: float(v) for k, v in loss_dict.items()} })")
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        n += 1
+        sums["loss"] = sums.get("loss", 0.0) + value
+        for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_ce_one2one", "class_error"):
+            if k in loss_dict:
+                sums[k] = sums.get(k, 0.0) + float(loss_dict[k])
+        if it % print_freq == 0:
+            print(f"Epoch: [{epoch}] [{it}] loss: {value:.4f} lr: {optimizer.get_lr():.6f} "
+                  f"({time.time() - start:.1f} s)", flush=True)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def evaluate(model, postprocessors, dataset, base_ds, batch_size, print_freq=10):
+    """Detections of ``model(samples)`` (boxes in original pixels) scored with COCOeval; returns the evaluator."""
+    import torch
+
+    from dacdetr.datasets.coco_eval import CocoEvaluator
+
+    paddle = _paddle()
+    model.eval()
+    evaluator = CocoEvaluator(base_ds, ("bbox",))
+    start = time.time()
+    with paddle.no_grad():
+        for it, (samples, targets) in enumerate(_batches(dataset, batch_size, False, None, False)):
+            outputs = model(samples)
+            sizes = paddle.stack([t["orig_size"] for t in targets])
+            results = postprocessors["bbox"](outputs, sizes)
+            evaluator.update({int(t["image_id"].numpy().reshape(-1)[0]): {k: torch.from_numpy(v.numpy())
+                                                                          for k, v in r.items()}
+                              for t, r in zip(targets, results)})
+            if it % print_freq == 0:
+                print(f"Test: [{it}] ({time.time() - start:.1f} s)", flush=True)
+    evaluator.synchronize_between_processes()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return evaluator
+
+
+def _device(name):
+    paddle = _paddle()
+    if str(name).startswith("cuda") or str(name).startswith("gpu"):
+        if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+            return "gpu"
+        warnings.warn(f"--device {name} requested but no GPU is available to Paddle; using cpu", stacklevel=2)
+    return "cpu"
+
+
+def main(args):
+    paddle = _paddle()
+    from dacdetr.datasets import build_dataset, get_coco_api_from_dataset
+    from dacdetr.datasets.coco import check_coco_root
+
+    from . import build_model
+    from .convert import load_into
+
+    paddle.set_device(_device(args.device))
+    check_coco_root(args.coco_path, ("val",) if args.eval else ("train", "val"))
+    paddle.seed(args.seed)
+    np.random.seed(args.seed)
+    rng = np.random.RandomState(args.seed)
+    print(args)
+    model, criterion, postprocessors = build_model(args)
+    n_parameters = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
+    print("number of params:", n_parameters)
+    ds_val = build_dataset("train" if args.eval_in_training_set else "val", args,
+                           eval_in_training_set=args.eval_in_training_set)
+    base_ds = get_coco_api_from_dataset(ds_val)
+
+    scheduler = paddle.optimizer.lr.StepDecay(learning_rate=args.lr, step_size=args.lr_drop, gamma=0.1)
+    clip = paddle.nn.ClipGradByGlobalNorm(args.clip_max_norm) if args.clip_max_norm > 0 else None
+    groups = build_param_groups(model, args)
+    if args.sgd:
+        optimizer = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=0.9, parameters=groups,
+                                              weight_decay=args.weight_decay, grad_clip=clip)
+    else:
+        optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=groups,
+                                           weight_decay=args.weight_decay, grad_clip=clip)
+
+    if args.resume:
+        state, opt_state, meta = load_checkpoint(args.resume)
+        missing, unexpected, shapes = load_into(model, state, strict=False)
+        if shapes:
+            raise ValueError(f"{args.resume}: shapes do not fit the model: {shapes[:10]}")
+        if missing:
+            print(f"Missing Keys: {missing}")
+        if unexpected:
+            print(f"Unexpected Keys: {unexpected}")
+        if not args.eval and opt_state is not None and meta.get("epoch") is not None:
+            from_struct = _param_renamer(model, to_structured=False)
+            opt_state = {from_struct(k) if isinstance(v, paddle.Tensor) else k: v for k, v in opt_state.items()}
+            if "master_weights" in opt_state:
+                opt_state["master_weights"] = {from_struct(k): v for k, v in opt_state["master_weights"].items()}
+            optimizer.set_state_dict(opt_state)
+            sched = dict(meta.get("lr_scheduler") or {})
+            scheduler.set_state_dict(sched)
+            scheduler.step_size, scheduler.gamma, scheduler.base_lr = args.lr_drop, 0.1, args.lr
+            scheduler.step(scheduler.last_epoch)  # the current --lr / --lr_drop decide the schedule
+            args.start_epoch = int(meta["epoch"]) + 1
+    if args.eval:
+        evaluator = evaluate(model, postprocessors, ds_val, base_ds, args.batch_size, args.print_freq)
+        return evaluator
+
+    ds_train = build_dataset("train", args)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    print("Start training")
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        batches = _batches(ds_train, args.batch_size, True, rng, True)
+        try:
+            train_stats = train_one_epoch(model, criterion, batches, optimizer, epoch, args.print_freq)
+        except FloatingPointError as e:
+            last = output_dir / "checkpoint.safetensors" if output_dir is not None else None
+            kept = f" The last good checkpoint is kept: {last}" if last is not None and last.exists() else ""
+            print(f"{e}{kept}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        scheduler.step()
+        if output_dir is not None:
+            for name in ("checkpoint.safetensors", f"checkpoint{epoch:04}.safetensors"):
+                save_checkpoint(output_dir / name, model, optimizer, scheduler, epoch, args)
+        evaluator = evaluate(model, postprocessors, ds_val, base_ds, args.batch_size, args.print_freq)
+        if output_dir is not None:
+            stats = {**{f"train_{k}": v for k, v in train_stats.items()},
+                     "test_coco_eval_bbox": np.asarray(evaluator.coco_eval["bbox"].stats).tolist(),
+                     "epoch": epoch, "n_parameters": n_parameters}
+            with (output_dir / "log.txt").open("a") as f:
+                f.write(json.dumps(stats) + "\n")
+    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+    return None
+
+
+def cli(argv=None):
+    from dacdetr.main import get_args_parser
+
+    parser = argparse.ArgumentParser("DAC-DETR (PaddlePaddle) training and evaluation", parents=[get_args_parser()])
+    args = parser.parse_args(argv)
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    from common.checkpoint import CheckpointError
+
+    try:
+        main(args)
+    except (FileNotFoundError, ValueError, CheckpointError) as e:  # missing data / unreadable checkpoint: one message, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
