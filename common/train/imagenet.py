@@ -30,6 +30,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 
 import torch
 from torch.utils.data import DataLoader
@@ -334,7 +335,9 @@ def main_worker(env, args, recipe):
     scheduler = recipe.build_scheduler(optimizer, args, steps)
     if scheduler is not None and start_epoch:  # the position of a resumed (or --start-epoch) run
         scheduler.last_epoch = start_epoch * steps - 1
-        scheduler.step()
+        with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
     step = engine.TrainStep(model, optimizer, amp=amp, scaler=scaler, clip_grad=getattr(args, "clip_grad", None),
                             scheduler=scheduler)
     for epoch in range(start_epoch, args.epochs):
