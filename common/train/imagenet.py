@@ -334,10 +334,7 @@ def main_worker(env, args, recipe):
     steps = len(train_loader)
     scheduler = recipe.build_scheduler(optimizer, args, steps)
     if scheduler is not None and start_epoch:  # the position of a resumed (or --start-epoch) run
-        scheduler.last_epoch = start_epoch * steps - 1
-        with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
-            warnings.simplefilter("ignore", UserWarning)
-            scheduler.step()
+        _position(scheduler, start_epoch, steps)
     step = engine.TrainStep(model, optimizer, amp=amp, scaler=scaler, clip_grad=getattr(args, "clip_grad", None),
                             scheduler=scheduler)
     for epoch in range(start_epoch, args.epochs):
@@ -373,6 +370,14 @@ def main_worker(env, args, recipe):
         plot_examples_curves(folder)
     log(f" * best Acc@1 {best_acc1:.3f}")
     return {"best_acc1": best_acc1}
+
+
+def _position(scheduler, start_epoch, steps):
+    """Put a per-iteration scheduler at the first step of ``start_epoch`` (``steps`` optimizer steps an epoch)."""
+    scheduler.last_epoch = start_epoch * steps - 1
+    with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
 
 
 def _line(epoch, optimizer, i, n, meters):
