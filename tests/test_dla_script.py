@@ -22,6 +22,7 @@ def test_cifar_demo_epoch_log_and_evaluate(demo_root, tmp_path):
     run_script(_args(demo_root, ck, "--epochs", "1", "--drop-path", "0.1"), check=True)
     lines = (ck / "log.txt").read_text().splitlines()
     assert lines[0] == HEADER and len(lines) == 2  # the official header, one row per epoch
+    assert lines[1].split("\t")[0] == "1" and lines[1].split("\t")[1] == "0.100000"  # the epoch as an integer
     epoch, lr, train_loss, valid_loss, train_acc, valid_acc = [float(x) for x in lines[1].split("\t") if x]
     assert (epoch, lr) == (1.0, 0.1) and 0 < valid_loss and 0 <= valid_acc <= 100
     state = torch.load(ck / "checkpoint.pth.tar", weights_only=True)  # written after epoch 1 (officially: 10)
@@ -53,6 +54,19 @@ def test_flags_and_dispatch_are_the_official_ones():
     model = cifar.build_model(cifar.get_parser().parse_args(["-a", "dla_l", "--depth", "110", "--block-name",
                                                              "bottleneck"]), 100)
     assert sum(p.numel() for p in model.parameters()) == 1_414_668
+
+
+def test_checkpoint_50_copy_is_dianet_only(monkeypatch):
+    from common.train import cifar as skeleton
+    from dianet import cifar as dianet_cifar
+    from dla import cifar
+
+    calls = []
+    monkeypatch.setattr(skeleton, "run", lambda args, build, names, **kw: calls.append(kw))
+    cifar.main(["-a", "dla_l"])
+    dianet_cifar.main(["-a", "dia_resnet"])
+    assert calls[0].get("copies") is None and calls[1]["copies"] is dianet_cifar.official_copies
+    assert dianet_cifar.official_copies(50) == ["checkpoint_50.pth.tar"] and dianet_cifar.official_copies(49) == []
 
 
 def test_bad_arch_and_block_name_are_one_message(demo_root, tmp_path):
