@@ -39,6 +39,7 @@ def plot_curves(records, out_path, title=None, x_key="epoch", curves=CURVES):
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(name, [(k, lbl) for k, lbl in series if any(k in r for r in records)]) for name, series in curves]
     panels = [(name, series) for name, series in panels if series]
@@ -53,6 +54,7 @@ def plot_curves(records, out_path, title=None, x_key="epoch", curves=CURVES):
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
         ax.set_title(name)
         ax.set_xlabel(x_key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
         if len(series) > 1:
             ax.legend()
