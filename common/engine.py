@@ -302,16 +302,25 @@ def _reduce(sums, env, topk):
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, env, amp, channels_last=False, topk=(1, 5)):
+def evaluate(model, loader, criterion, env, amp, channels_last=False, topk=(1, 5), *, progress=None, print_freq=0,
+             log=print):
     """Loss and top-k accuracies over the whole (sharded) loader, summed exactly over processes (read from the
-    device once, at the end)."""
+    device once, at the end). ``progress(i, n, meters)`` (as in :func:`train_one_epoch`, without ``data_time``)
+    is logged by the main process at the batches ``i % print_freq == 0`` (a device read at each of them)."""
     model.eval()
     dtype = _count_dtype(env.device)
     sums = torch.zeros(2 + len(topk), dtype=dtype, device=env.device)
-    for images, target in _progress(loader, len(loader), "eval", env.is_main):
+    n_steps, batch_time = len(loader), AverageMeter()
+    end = time.perf_counter()
+    for i, (images, target) in enumerate(_progress(loader, n_steps, "eval", env.is_main)):
         images, target = _to_device(images, target, env.device, channels_last)
         with amp.autocast():
             output = model(images)
             loss = criterion(output, target)
-        sums += _sum_row(loss, output, target, topk, dtype)
+        row = _sum_row(loss, output, target, topk, dtype)
+        sums += row
+        batch_time.update(time.perf_counter() - end)
+        if progress is not None and env.is_main and print_freq and i % print_freq == 0:
+            log(progress(i, n_steps, _meters(row.tolist(), sums.tolist(), batch_time, None, topk)))
+        end = time.perf_counter()
     return _reduce(sums, env, topk)

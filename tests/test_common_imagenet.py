@@ -79,3 +79,21 @@ def test_examples_records_and_plots(tmp_path):
     (lr,) = figs[str(tmp_path / "png" / "lr_plot.png")].axes[0].lines
     assert list(lr.get_ydata()) == [0.05, 0.1]
     assert plots.best_of([(0, 1.0), (1, 3.0), (2, 3.0)]) == (3.0, 1)
+
+
+def test_validation_lines_are_the_official_format():
+    torch.manual_seed(1)
+    model = nn.Linear(6, 7)
+    batches = [(torch.randn(5, 6), torch.randint(0, 7, (5,))) for _ in range(3)]
+    lines = []
+    res = engine.evaluate(model, batches, nn.CrossEntropyLoss(), D.DistEnv(), engine.AmpConfig(None),
+                          progress=skel.test_line, print_freq=2, log=lines.append)
+    assert [ln.split("\t")[0] for ln in lines] == ["Test: [0/3]", "Test: [2/3]"]
+    with torch.no_grad():
+        out = torch.cat([model(x) for x, _ in batches]).double()
+    y = torch.cat([t for _, t in batches])
+    loss = float(-torch.log_softmax(out, 1)[range(15), y].mean())
+    m = re.match(r"Test: \[2/3\]\tTime \S+ \(\S+\)\tLoss \S+ \((\S+)\)\tAcc@1 \S+ \((\S+)\)\tAcc@5 \S+ \(\S+\)$", lines[1])
+    top1 = 100 * float((out.argmax(1) == y).double().mean())
+    assert float(m.group(1)) == pytest.approx(loss, abs=6e-5) and float(m.group(2)) == pytest.approx(top1, abs=6e-4)
+    assert res["loss"] == pytest.approx(loss, rel=1e-6) and res["top1"] == pytest.approx(top1)

@@ -16,7 +16,8 @@ What this module does once for all of them: seeding (a seed is always drawn and 
 ``cudnn.deterministic``), the data (``DIR/{train,val}`` ImageFolders or ``--demo``, the bundled digits set,
 built by the main process; ``-b`` / ``-j`` are totals over the processes of a node, as officially), the epoch
 loop with validation after every epoch, the official progress lines ``Epoch: [e][i/N]\\tLR ..\\tTime ..\\tData
-..\\tLoss v (avg)\\tAcc@1 v (avg)\\tAcc@5 v (avg)`` (the LR is the optimizer's) and `` * Acc@1 x Acc@5 y``,
+..\\tLoss v (avg)\\tAcc@1 v (avg)\\tAcc@5 v (avg)`` (the LR is the optimizer's), ``Test: [i/N]\\tTime ..\\tLoss
+..\\tAcc@1 ..\\tAcc@5 ..`` and `` * Acc@1 x Acc@5 y``,
 checkpoints through :class:`common.checkpoint.TrainingCheckpointer` in the official layout
 (``{work-dir}/{arch}_{action}/checkpoint.pth.tar``, ``model_best.pth.tar``), best-Acc@1 tracking, the official
 ``*.txt`` curve logs (``"{epoch} {value}"`` lines, epoch counted from 0, written by rank 0 only, plain
@@ -46,7 +47,7 @@ from common.train import recipe as R
 from common.train.cli import nonfinite_exit
 
 __all__ = ["add_examples_args", "Recipe", "CurveLogs", "Limited", "run_dir", "checkpointer", "progress_line",
-           "summary_line", "epoch_record", "main_worker", "launch", "EXAMPLES_CURVES"]
+           "test_line", "summary_line", "epoch_record", "main_worker", "launch", "EXAMPLES_CURVES"]
 
 
 def add_examples_args(p, *, arch, choices=None, workers=16, epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
@@ -155,6 +156,14 @@ def progress_line(epoch, i, n, lr, m):
     return (f"Epoch: [{epoch}][{i}/{n}]\tLR {lr:.5f}\t"
             f"Time {m['batch_time'].val:.3f} ({m['batch_time'].avg:.3f})\t"
             f"Data {m['data_time'].val:.3f} ({m['data_time'].avg:.3f})\t"
+            f"Loss {m['loss'].val:.4f} ({m['loss'].avg:.4f})\t"
+            f"Acc@1 {m['top1'].val:.3f} ({m['top1'].avg:.3f})\t"
+            f"Acc@5 {m['top5'].val:.3f} ({m['top5'].avg:.3f})")
+
+
+def test_line(i, n, m):
+    """The official validation progress line."""
+    return (f"Test: [{i}/{n}]\tTime {m['batch_time'].val:.3f} ({m['batch_time'].avg:.3f})\t"
             f"Loss {m['loss'].val:.4f} ({m['loss'].avg:.4f})\t"
             f"Acc@1 {m['top1'].val:.3f} ({m['top1'].avg:.3f})\t"
             f"Acc@5 {m['top5'].val:.3f} ({m['top5'].avg:.3f})")
@@ -320,7 +329,8 @@ def main_worker(env, args, recipe):
         log(f"=> loaded checkpoint '{args.resume}' (epoch {start_epoch})")
 
     def validate():
-        res = engine.evaluate(model, val_loader, val_criterion, env, amp, channels_last)
+        res = engine.evaluate(model, val_loader, val_criterion, env, amp, channels_last, progress=test_line,
+                              print_freq=args.print_freq, log=log)
         log(summary_line(res, recipe.summary_loss))
         return res
 
