@@ -37,8 +37,10 @@ Additions: ``--demo`` (the bundled digits ImageFolder, built under ``data``, def
 ``--img-size`` (train crop; validation resizes to ``img_size / 0.875`` and crops ``img_size``),
 ``--steps-per-epoch`` (stop each epoch's training after that many batches: quick runs), ``--nprocs``,
 ``--trust-checkpoint``, the speed flags of ``common.engine.add_engine_args`` (``--amp``, ``--channels-last``,
-``--compile``, ``--clip-grad``, ``--sync-bn``, ``--device``). Fixed official defects: runs on CPU; the curve logs hold plain numbers (officially
-``tensor(76.1, device='cuda:0')``) and a resumed run continues them without duplicates; ``--resume`` loads safely
+``--compile``, ``--clip-grad``, ``--sync-bn``, ``--device``).
+
+Fixed official defects: runs on CPU; the curve logs hold plain numbers (officially
+``tensor(76.1, device='cuda:0')``), rank 0 alone writes them, and a resumed run continues them without duplicates; ``--resume`` loads safely
 (``weights_only``; a checkpoint of another architecture is one message naming the keys) and restores the RNG and
 data order; a bad ``-a``, missing data or a non-finite loss is one ``error:`` line (exit 2), never a traceback.
 """

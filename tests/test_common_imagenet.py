@@ -93,7 +93,8 @@ def test_validation_lines_are_the_official_format():
         out = torch.cat([model(x) for x, _ in batches]).double()
     y = torch.cat([t for _, t in batches])
     loss = float(-torch.log_softmax(out, 1)[range(15), y].mean())
-    m = re.match(r"Test: \[2/3\]\tTime \S+ \(\S+\)\tLoss \S+ \((\S+)\)\tAcc@1 \S+ \((\S+)\)\tAcc@5 \S+ \(\S+\)$", lines[1])
+    m = re.match(r"Test: \[2/3\]\tTime \S+ \(\S+\)\tLoss \S+ \((\S+)\)\tAcc@1 \S+ \((\S+)\)\tAcc@5 \S+ \(\S+\)$",
+                 lines[1])
     top1 = 100 * float((out.argmax(1) == y).double().mean())
     assert float(m.group(1)) == pytest.approx(loss, abs=6e-5) and float(m.group(2)) == pytest.approx(top1, abs=6e-4)
     assert res["loss"] == pytest.approx(loss, rel=1e-6) and res["top1"] == pytest.approx(top1)

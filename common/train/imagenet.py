@@ -277,8 +277,8 @@ def precheck(args, recipe):
 def _build_data(args, env, seed, recipe):
     root = _data_root(args, env)
     crop, resize = recipe.sizes(args)
-    train_set = cdata.SeededAugment(cdata.load_imagefolder(root, "train", cdata.imagenet_transforms(True, crop, resize)),
-                                    seed=seed)
+    train_tf = cdata.imagenet_transforms(True, crop, resize)
+    train_set = cdata.SeededAugment(cdata.load_imagefolder(root, "train", train_tf), seed=seed)
     val_set = cdata.load_imagefolder(root, "val", cdata.imagenet_transforms(False, crop, resize))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))  # the processes of a node share -b and -j
     batch = max(1, args.batch_size // local)
