@@ -226,7 +226,7 @@ def _sum_row(loss, output, target, topk, dtype):
 
 def train_one_epoch(model, loader, criterion, optimizer, env, amp, scaler=None, epoch=0, clip_grad=None,
                     channels_last=False, print_freq=20, log=print, topk=(1, 5), *, step=None, accum_steps=1,
-                    batch_transform=None):
+                    batch_transform=None, progress=None):
     """One epoch through the step core (:class:`common.train.step.TrainStep`).
 
     The loss of each rank is weighted by its share of the global batch so the DDP gradient is the gradient of the
@@ -235,8 +235,11 @@ def train_one_epoch(model, loader, criterion, optimizer, env, amp, scaler=None, 
     the device and are read only every ``print_freq`` batches. ``step``: a TrainStep built by the script (EMA,
     per-iteration scheduler, accumulation; it then owns amp / scaler / clip_grad), else one is built from
     ``amp``, ``scaler``, ``clip_grad``, ``accum_steps``. ``batch_transform(images, target)`` runs on the device
-    batch (e.g. timm's Mixup). Returns dict(loss, top1, top5, count) over every training image of the epoch
-    (all processes); ``top{k}`` for each k of ``topk``."""
+    batch (e.g. timm's Mixup). ``progress(i, n, meters)``: the progress line of the pytorch/examples scripts,
+    logged at the batches ``i % print_freq == 0`` (0-based, as officially) instead of the default line;
+    ``meters`` maps ``batch_time``, ``data_time``, ``loss``, ``top1``, ``top5`` to :class:`AverageMeter` s (``val``:
+    this batch, ``avg``: the epoch so far, of this process). Returns dict(loss, top1, top5, count) over every
+    training image of the epoch (all processes); ``top{k}`` for each k of ``topk``."""
     if step is None:
         step = TrainStep(model, optimizer, amp=amp, scaler=scaler, clip_grad=clip_grad, accum_steps=accum_steps)
     model.train()
@@ -263,11 +266,28 @@ def train_one_epoch(model, loader, criterion, optimizer, env, amp, scaler=None, 
         sums += row
         batch_time.update(time.perf_counter() - end)
         end = time.perf_counter()
-        if env.is_main and print_freq and ((i + 1) % print_freq == 0 or i + 1 == n_steps):
+        if progress is not None:
+            if env.is_main and print_freq and i % print_freq == 0:
+                log(progress(i, n_steps, _meters(row.tolist(), sums.tolist(), batch_time, data_time, topk)))
+        elif env.is_main and print_freq and ((i + 1) % print_freq == 0 or i + 1 == n_steps):
             s = sums.tolist()
             log(_fmt(i + 1, n_steps, data_time.avg, batch_time.avg, s[0] / s[-1],
                      [(f"top{k}", 100 * c / s[-1]) for k, c in zip(topk, s[1:-1])]))
     return _reduce(sums, env, topk)
+
+
+def _meters(row, sums, batch_time, data_time, topk):
+    """AverageMeters of the current batch (``row``) and the epoch so far (``sums``), as the official scripts
+    print them."""
+    out = {"batch_time": batch_time, "data_time": data_time}
+    for j, name in enumerate(["loss"] + [f"top{k}" for k in topk]):
+        scale = 1.0 if j == 0 else 100.0
+        m = AverageMeter()
+        m.val = scale * row[j] / max(row[-1], 1)
+        m.sum, m.count = scale * sums[j], int(sums[-1])
+        m.avg = m.sum / max(m.count, 1)
+        out[name] = m
+    return out
 
 
 def _reduce(sums, env, topk):
@@ -282,16 +302,25 @@ def _reduce(sums, env, topk):
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, env, amp, channels_last=False, topk=(1, 5)):
+def evaluate(model, loader, criterion, env, amp, channels_last=False, topk=(1, 5), *, progress=None, print_freq=0,
+             log=print):
     """Loss and top-k accuracies over the whole (sharded) loader, summed exactly over processes (read from the
-    device once, at the end)."""
+    device once, at the end). ``progress(i, n, meters)`` (as in :func:`train_one_epoch`, without ``data_time``)
+    is logged by the main process at the batches ``i % print_freq == 0`` (a device read at each of them)."""
     model.eval()
     dtype = _count_dtype(env.device)
     sums = torch.zeros(2 + len(topk), dtype=dtype, device=env.device)
-    for images, target in _progress(loader, len(loader), "eval", env.is_main):
+    n_steps, batch_time = len(loader), AverageMeter()
+    end = time.perf_counter()
+    for i, (images, target) in enumerate(_progress(loader, n_steps, "eval", env.is_main)):
         images, target = _to_device(images, target, env.device, channels_last)
         with amp.autocast():
             output = model(images)
             loss = criterion(output, target)
-        sums += _sum_row(loss, output, target, topk, dtype)
+        row = _sum_row(loss, output, target, topk, dtype)
+        sums += row
+        batch_time.update(time.perf_counter() - end)
+        if progress is not None and env.is_main and print_freq and i % print_freq == 0:
+            log(progress(i, n_steps, _meters(row.tolist(), sums.tolist(), batch_time, None, topk)))
+        end = time.perf_counter()
     return _reduce(sums, env, topk)

@@ -175,9 +175,17 @@ def _keep_rows(path, header_lines, keep_rows):
     return header
 
 
+def _cell(value):
+    """A ``log.txt`` entry: an integer (the epoch, the seed) as itself, any other number as ``{:.6f}``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{float(value):.6f}"
+
+
 class OfficialLogger:
     """``log.txt`` as pytorch-classification writes it: a header of names, then one row per epoch,
-    each entry followed by a tab, values as ``{:.6f}``.
+    each entry followed by a tab, values as ``{:.6f}`` (integers such as the epoch as integers: officially
+    ``1.000000``).
 
     ``resume=True`` appends to an existing file; ``keep_rows=n`` first truncates it to its first ``n`` rows,
     so a run resumed from the checkpoint of epoch ``n`` never duplicates a row written after that checkpoint.
@@ -213,7 +221,7 @@ class OfficialLogger:
             return
         if len(values) != len(self.names):
             raise ValueError(f"expected {len(self.names)} values, got {len(values)}")
-        self.file.write("".join(f"{float(v):.6f}\t" for v in values) + "\n")
+        self.file.write("".join(f"{_cell(v)}\t" for v in values) + "\n")
         self.file.flush()
 
     def read_rows(self):

@@ -58,8 +58,13 @@ def variant_args(name):
     return argv
 
 
+def official_copies(epoch):
+    """The official script also keeps the checkpoint written after epoch 50 (0-based) as ``checkpoint_50.pth.tar``."""
+    return ["checkpoint_50.pth.tar"] if epoch == 50 else []
+
+
 def main(argv=None):
-    return skeleton.run(get_parser().parse_args(argv), build_model, MODEL_NAMES)
+    return skeleton.run(get_parser().parse_args(argv), build_model, MODEL_NAMES, copies=official_copies)
 
 
 def cli(argv=None):

@@ -20,15 +20,11 @@ import sys
 if __package__ in (None, ""):  # run as a file from a checkout that is not pip-installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlanet.eval_visual import get_parser, read_curve  # noqa: E402  (the same flags as eval_visual.py)
+from common import plots  # noqa: E402
+from common.plots import best_of, read_official_curve as read_curve  # noqa: E402
+from rlanet.eval_visual import get_parser  # noqa: E402  (the same flags as eval_visual.py)
 
-__all__ = ["best_of", "best_lines", "main"]
-
-
-def best_of(curve):
-    """(value, epoch) of the highest value of [(epoch, value), ...]; the first epoch on a tie."""
-    epoch, value = max(curve, key=lambda ev: (ev[1], -ev[0]))
-    return value, epoch
+__all__ = ["best_of", "best_lines", "write_best", "main"]
 
 
 def best_lines(log_dir):
@@ -43,19 +39,18 @@ def best_lines(log_dir):
     return [f"Acc@1:{a1} epoch:{e1}", f"Acc@5:{a5} epoch:{e5}", f"Err@1:{100 - a1}", f"Err@5:{100 - a5}"]
 
 
-def main(argv=None):
-    args = get_parser().parse_args(argv)
-    log_dir = os.path.join(args.work_dir, args.log_dir)
-    try:
-        lines = best_lines(log_dir)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+def write_best(log_dir):
+    """``best.txt`` in ``log_dir``, its lines printed; returns them."""
+    lines = best_lines(log_dir)
     with open(os.path.join(log_dir, "best.txt"), "w") as f:
         f.write("".join(line + "\n" for line in lines))
     for line in lines:
         print(line)
     return lines
+
+
+def main(argv=None):
+    return plots.run_on_log_dir(get_parser().parse_args(argv), write_best)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def test_resume_after_kill_continues_exactly(one_epoch, demo_dir, tmp_path):
     seen = False
     for line in proc.stdout:
         seen = seen or line.startswith("Epoch: [1]")
-        if seen and line.startswith("(3/"):
+        if line.startswith("Epoch: [1][3/"):  # the official progress line of batch 3 of epoch 1
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(60)

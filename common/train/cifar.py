@@ -119,11 +119,13 @@ def build_loaders(args, env, root, dataset):
     return train_set, sampler, train_loader, test_loader
 
 
-def run(args, build_model, model_names, *, columns=OFFICIAL_COLUMNS, title_prefix="cifar-10-"):
+def run(args, build_model, model_names, *, columns=OFFICIAL_COLUMNS, title_prefix="cifar-10-", copies=None):
     """Train (or with ``-e`` only evaluate) ``build_model(args, num_classes)`` as the official script does.
 
     ``columns``: the ``log.txt`` columns as (header, record key); the record keys are ``epoch``, ``lr``,
     ``train_loss``, ``train_top1``, ``train_top5``, ``test_loss``, ``test_top1``, ``test_top5``, ``best_acc``.
+    ``copies(epoch)``: names of extra copies of the checkpoint written after the 0-based ``epoch`` (a paper's own
+    official files, e.g. DIANet's ``checkpoint_50.pth.tar``); none by default.
     Returns the evaluation result (``-e``) or ``{"best_acc": ...}``.
     """
     if args.arch not in model_names:
@@ -202,7 +204,7 @@ def run(args, build_model, model_names, *, columns=OFFICIAL_COLUMNS, title_prefi
         best_acc = max(te["top1"], best_acc)
         if env.is_main:
             saver.save(model=bare, optimizer=optimizer, scaler=scaler, epoch=epoch + 1, best_metric=best_acc,
-                       is_best=is_best, copies=["checkpoint_50.pth.tar"] if epoch == 50 else (),
+                       is_best=is_best, copies=list(copies(epoch)) if copies else (),
                        extra={"acc": te["top1"], "seed": args.manualSeed, "arch": args.arch, "args": vars(args)})
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
                       "train_top5": tr["top5"], "test_loss": te["loss"], "test_top1": te["top1"],
