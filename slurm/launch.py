@@ -468,6 +468,8 @@ class TrainingJob:
         return {
             "rank": env.global_rank,
             "world_size": world,
+            "node": os.environ.get("SLURMD_NODENAME") or env.hostname,
+            "master": f"{master}:{port}",
             "returncode": rc,
             "args": args,
             "checkpoint": self._checkpoint_file(args),
