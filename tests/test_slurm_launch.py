@@ -229,7 +229,10 @@ def test_cluster_has_two_nodes_and_leaves_hosts_alone(cluster):
     assert cluster.node_names == ["n1", "n2"]
     assert set(cluster.node_states()) == {"n1", "n2"}
     conf = cluster.conf_path.read_text()
-    assert conf.count("NodeHostname=localhost NodeAddr=127.0.0.1 Port=") == 2 and "slurmd.%n" in conf
+    nodes = [line for line in conf.splitlines() if line.startswith("NodeName=")]
+    assert [line.split()[0] for line in nodes] == ["NodeName=n1", "NodeName=n2"] and "slurmd.%n" in conf
+    assert all("NodeHostname=localhost NodeAddr=127.0.0.1 Port=" in line for line in nodes)
+    assert len({line.split("Port=")[1].split()[0] for line in nodes}) == 2  # a port of its own per slurmd
     out = cluster.run("srun", "--nodes", "2", "--ntasks-per-node", "1", "sh", "-c", "echo $SLURMD_NODENAME $SLURM_PROCID")
     assert sorted(out.split("\n")[:2]) == ["n1 0", "n2 1"]
     assert L.node_address("n1") in ("n1", "127.0.0.1")  # resolves, or through NodeAddr
@@ -371,9 +374,8 @@ def test_slurm_job_array_of_two_configurations(cluster, tiny_sets, tmp_path, mon
 
 
 def test_readme_shows_the_real_two_node_sbatch_script(tmp_path, monkeypatch):
-    """slurm/README.md's generated sbatch script is what --dry-run prints for its two-node command."""
-    text = (REPO / "slurm" / "README.md").read_text()
-    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    """The generated sbatch script in slurm/README.md and in the root README is what --dry-run prints for
+    their two-node command."""
     monkeypatch.chdir(tmp_path)
     rc, out, err = run_main(["--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "10", "--mem", "0",
                              "--time", "3-00:00:00", "--partition", "gpu", "--", "rlanet/train.py", "-a",
@@ -381,4 +383,9 @@ def test_readme_shows_the_real_two_node_sbatch_script(tmp_path, monkeypatch):
     assert rc == 0, err
     out = out.replace(str(tmp_path), "/home/me/layerzoo").replace(str(L.REPO_ROOT), "/home/me/layerzoo")
     out = out.replace(sys.executable, "/home/me/venv/bin/python")
-    assert out == block
+    for readme, indent in ((REPO / "slurm" / "README.md", ""), (REPO / "README.md", "  ")):
+        blocks = [b.split(f"{indent}```", 1)[0] for b in readme.read_text().split(f"{indent}```bash\n")[1:]]
+        two_node = [b for b in blocks if "#SBATCH --nodes=2" in b]
+        assert len(two_node) == 1, readme
+        shown = "".join(line[len(indent):] + "\n" for line in two_node[0].splitlines())
+        assert shown == out, readme

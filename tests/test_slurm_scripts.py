@@ -34,7 +34,8 @@ RUNS = {
     "dwnet/main.py": (["--cfg", DWNET_CFG, "--data-path", "{imagefolder}", "--output", "dw", "--amp-opt-level", "O0",
                        "--batch-size", "20", "--device", "cpu", "--opts", *DWNET_TINY, "TRAIN.EPOCHS", "1"],
                       "dw/dwnet_tiny_patch4_window7_224/default/ckpt_epoch_0.pth"),
-    "dacdetr/main.py": (["--coco_path", "{coco}", "--output_dir", "detr", "--device", "cpu", "--input_scale", "0.16",
+    "dacdetr/main.py": (["--coco_path", "{coco}", "--output_dir", "detr", "--device", "cpu", "--with_box_refine",
+                         "--two_stage", "--input_scale", "0.16",
                          "--num_queries_one2one", "20", "--enc_layers", "1", "--dec_layers", "1", "--hidden_dim", "32",
                          "--dim_feedforward", "64", "--lr_backbone", "0", "--batch_size", "2", "--epochs", "1",
                          "--num_workers", "0"],
@@ -99,10 +100,22 @@ def script_jobs(slurm_cluster, tiny_sets, tmp_path_factory):
             slurm_cluster.run("scontrol", "requeue", jobs["rlanet/train.py"].job_id)
             state["requeued_after"] = _rows(rla_ckpt.parent / "val_acc1.txt")
 
-    results = {"rlanet/train.py": wait_results(jobs["rlanet/train.py"], 2, timeout=900, on_poll=requeue_rlanet)}
-    for script in RUNS:
-        results[script] = wait_results(jobs[script], 1, timeout=900)
+    results = {}
+    for script, ntasks in [("rlanet/train.py", 2), *((s, 1) for s in RUNS)]:
+        try:  # one failed script fails its own test only
+            results[script] = wait_results(jobs[script], ntasks, timeout=900,
+                                           on_poll=requeue_rlanet if ntasks == 2 else None)
+        except Exception as exc:
+            results[script] = exc
     return {"work": work, "jobs": jobs, "outs": outs, "results": results, **state}
+
+
+def _result(script_jobs, script):
+    res = script_jobs["results"][script]
+    if isinstance(res, Exception):
+        job = script_jobs["jobs"][script]
+        pytest.fail(f"{script} failed through the launcher: {res}\n{job.stderr()[-3000:]}")
+    return res
 
 
 def _rows(path):
@@ -118,7 +131,7 @@ def _rows(path):
 @pytest.mark.parametrize("script", sorted(RUNS))
 def test_script_runs_through_the_launcher(script_jobs, script):
     work, job = script_jobs["work"], script_jobs["jobs"][script]
-    (res,) = script_jobs["results"][script]
+    res = _result(script_jobs, script)[0]
     assert f"Submitted job {job.job_id}: {script}" in script_jobs["outs"][script]
     assert res["returncode"] == 0 and res["world_size"] == 1 and res["node"] in ("n1", "n2")
     expected = work / RUNS[script][1]
@@ -139,7 +152,7 @@ def test_two_node_imagenet_job_resumes_after_requeue(script_jobs):
     """rlanet/train.py, 2 nodes x 1 task, requeued after its first epoch: both ranks start again from
     the checkpoint; the curve logs hold one row per epoch, none repeated; the checkpoint says 2 epochs."""
     work, job = script_jobs["work"], script_jobs["jobs"]["rlanet/train.py"]
-    results = sorted(script_jobs["results"]["rlanet/train.py"], key=lambda r: r["rank"])
+    results = sorted(_result(script_jobs, "rlanet/train.py"), key=lambda r: r["rank"])
     assert [r["node"] for r in results] == ["n1", "n2"] and all(r["world_size"] == 2 for r in results)
     assert script_jobs["requeued_after"] is not None and len(script_jobs["requeued_after"]) < 2, \
         "the requeue must come before the last epoch"

@@ -342,6 +342,8 @@ class LocalSlurmCluster:
 
     def __exit__(self, *exc):
         self.stop()
+        if self._own_root and self.root is not None:  # the temporary folder start() made
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def main(argv=None):
@@ -362,6 +364,7 @@ def main(argv=None):
         pass
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
         print("SLURM cluster stopped")
     return 0
 
