@@ -88,3 +88,31 @@ def test_killed_owner_leaves_nothing_running():
         time.sleep(0.3)
     assert not left, f"still running after the owner was killed: {left}"
     assert not root.exists()
+
+
+def test_sweep_ends_marked_trees_only(tmp_path):
+    """watchdog.sweep (no SLURM needed): a process carrying the cluster's marker and its child are
+    ended; a process of another cluster folder and an unmarked one are left alone."""
+    def spawn(marker):
+        env = dict(os.environ)
+        if marker:
+            env[watchdog.MARKER] = marker
+        # a shell whose child sleeps: the child inherits the marker, as a job's tasks do from slurmstepd
+        return subprocess.Popen(["sh", "-c", "sleep 60 & wait"], env=env, start_new_session=True)
+
+    ours, other, plain = spawn(str(tmp_path)), spawn(str(tmp_path / "other")), spawn(None)
+    try:
+        deadline = time.monotonic() + 10
+        while not watchdog.descendants(ours.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = watchdog.descendants(ours.pid)
+        assert len(child) == 1
+        assert set(watchdog.marked_processes(str(tmp_path))) == {ours.pid, *child}
+        assert watchdog.sweep(str(tmp_path), timeout=5) == 2
+        assert ours.wait(timeout=10) is not None and not _running(child[0])
+        assert other.poll() is None and plain.poll() is None
+    finally:
+        for p in (ours, other, plain):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

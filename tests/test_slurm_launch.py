@@ -204,7 +204,7 @@ def test_local_script_failure_is_reported(toy, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # on a real two-node SLURM cluster (n1, n2: two slurmd on this machine)
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(slurm_cluster):
     return slurm_cluster
 
@@ -258,7 +258,9 @@ def log_rows(path):
     return lines[0], [[float(x) for x in line.split()] for line in lines[1:] if line.strip()]
 
 
-@pytest.fixture(scope="module")
+# session scope (as the cluster): under ``pytest -n 2 --dist loadgroup`` a worker may run tests of other
+# modules between these, which would tear a module-scoped fixture down and submit the job again
+@pytest.fixture(scope="session")
 def dianet_requeued_job(cluster, tiny_sets, tmp_path_factory):
     """2-node x 1-task gloo DDP DIANet demo training submitted through slurm/launch.py (rank 1 on n2
     reaches rank 0 on n1), requeued with ``scontrol requeue`` once the first epoch's checkpoint

@@ -72,7 +72,8 @@ def test_table_entry_checks_the_real_parser(script, tmp_path, monkeypatch, capsy
 # ------------------------------------------------------------------------------------------------
 # on the two-node test cluster
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
+# session scope: see dianet_requeued_job in test_slurm_launch.py
+@pytest.fixture(scope="session")
 def script_jobs(slurm_cluster, tiny_sets, tmp_path_factory):
     """Submit every run of RUNS (1 node x 1 task each) and the two-node rlanet/train.py job together;
     requeue the rlanet job once its first epoch's checkpoint is there; wait for all of them."""
