@@ -41,9 +41,11 @@ RUNS = {
                          "--num_workers", "0"],
                         "detr/checkpoint.pth"),
 }
-# the ImageNet-style job that is requeued: 2 nodes x 1 task, 2 epochs
+# the ImageNet-style job that is requeued: 2 nodes x 1 task, 2 epochs; with the official
+# --multiprocessing-distributed, which must not spawn more processes where the launcher made them
 RLANET = (["{imagefolder}", "-a", "dsrla_mobilenetv2_k6", "--image-size", "32", "-j", "0", "-b", "8", "-p", "0",
-           "--seed", "3", "--epochs", "2", "--work-dir", "rla_in"], "rla_in/dsrla_mobilenetv2_k6_/checkpoint.pth.tar")
+           "--seed", "3", "--epochs", "2", "--work-dir", "rla_in", "--multiprocessing-distributed"],
+          "rla_in/dsrla_mobilenetv2_k6_/checkpoint.pth.tar")
 BAD_VALUE = {"dwnet/main.py": ["--batch-size", "many"]}  # dwnet parses known args only: unknown flags pass
 
 
