@@ -28,12 +28,32 @@ def run_script(args, env=None, timeout=600, check=False, cwd=ROOT):
     return proc
 
 
+SLURM_TEST_FILES = "tests/test_slurm_"
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n N`` (``--dist load``, the default): every test of ``tests/test_slurm_*.py`` goes to
+    one worker, so that the SLURM tests share one test cluster and their session-scoped jobs run once;
+    all other tests are spread one by one as with ``load``. (The ``xdist_group`` mark does not do this
+    with pytest 9, whose node ids cannot be renamed by pytest-xdist 3.8.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SlurmTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "slurm" if nodeid.startswith(SLURM_TEST_FILES) else nodeid
+
+    return SlurmTestsTogether(config, log)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A private two-node SLURM cluster (nodes ``n1``, ``n2`` on 127.0.0.1, 4 CPUs each) shared by every
     SLURM test of this test process, stopped at the end (its watchdog stops it if the process dies).
-    The tests that use it carry ``xdist_group("slurm")`` so that ``pytest -n 2 --dist loadgroup`` runs
-    them in one worker, on one cluster."""
+    Under xdist all ``tests/test_slurm_*.py`` tests run in one worker (``pytest_xdist_make_scheduler``
+    above), so one cluster serves them."""
     import shutil
 
     from slurm.testing.cluster import LocalSlurmCluster, missing_binaries

@@ -53,7 +53,6 @@ def _running(pid):
 
 
 @pytest.mark.slurm
-@pytest.mark.xdist_group("slurm")
 def test_killed_owner_leaves_nothing_running():
     if missing_binaries():
         pytest.skip("SLURM test cluster needs " + ", ".join(missing_binaries()))

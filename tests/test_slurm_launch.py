@@ -223,7 +223,6 @@ def test_node_address_of_a_name_that_does_not_resolve(monkeypatch, tmp_path):
 
 
 @pytest.mark.slurm
-@pytest.mark.xdist_group("slurm")
 def test_cluster_has_two_nodes_and_leaves_hosts_alone(cluster):
     hosts = Path("/etc/hosts").read_bytes()
     assert cluster.node_names == ["n1", "n2"]
@@ -258,8 +257,8 @@ def log_rows(path):
     return lines[0], [[float(x) for x in line.split()] for line in lines[1:] if line.strip()]
 
 
-# session scope (as the cluster): under ``pytest -n 2 --dist loadgroup`` a worker may run tests of other
-# modules between these, which would tear a module-scoped fixture down and submit the job again
+# session scope (as the cluster): under ``pytest -n 2`` the worker may run tests of other modules between
+# these, which would tear a module-scoped fixture down and submit the job again
 @pytest.fixture(scope="session")
 def dianet_requeued_job(cluster, tiny_sets, tmp_path_factory):
     """2-node x 1-task gloo DDP DIANet demo training submitted through slurm/launch.py (rank 1 on n2
@@ -307,7 +306,6 @@ def _epochs_in(log):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
 def test_slurm_dianet_two_task_ddp_matches_single_process(dianet_requeued_job):
     r = dianet_requeued_job
     work, job = r["work"], r["job"]
@@ -336,7 +334,6 @@ def test_slurm_dianet_two_task_ddp_matches_single_process(dianet_requeued_job):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
 def test_slurm_requeue_resumes_from_checkpoint(dianet_requeued_job):
     r = dianet_requeued_job
     work, job = r["work"], r["job"]
@@ -356,7 +353,6 @@ def test_slurm_requeue_resumes_from_checkpoint(dianet_requeued_job):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
 def test_slurm_job_array_of_two_configurations(cluster, tiny_sets, tmp_path, monkeypatch):
     if not DIANET.is_file():
         pytest.skip("dianet/cifar.py is not in this checkout")

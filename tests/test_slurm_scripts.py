@@ -130,7 +130,6 @@ def _rows(path):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
 @pytest.mark.parametrize("script", sorted(RUNS))
 def test_script_runs_through_the_launcher(script_jobs, script):
     work, job = script_jobs["work"], script_jobs["jobs"][script]
@@ -150,7 +149,6 @@ def test_script_runs_through_the_launcher(script_jobs, script):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
 def test_two_node_imagenet_job_resumes_after_requeue(script_jobs):
     """rlanet/train.py, 2 nodes x 1 task, requeued after its first epoch: both ranks start again from
     the checkpoint; the curve logs hold one row per epoch, none repeated; the checkpoint says 2 epochs."""

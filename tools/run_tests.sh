@@ -12,4 +12,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -e '.[dev]'
 export OMP_NUM_THREADS=1
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=25 -p no:cacheprovider tests "$@"
+exec .venv/bin/python -m pytest -n 2 --durations=25 -p no:cacheprovider tests "$@"
