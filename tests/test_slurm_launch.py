@@ -278,7 +278,7 @@ def dianet_requeued_job(cluster, tiny_sets, tmp_path_factory):
     os.chdir(work)
     try:
         out = io.StringIO()
-        job, = L.launch(["--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "20",
+        job, = L.launch(["--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "60",
                          "--job-name", "lz-test-ddp",
                          "--", "dianet/cifar.py", *DIANET_ARGS, *epochs, "--checkpoint", "ddp"], out=out)
     finally:
@@ -358,7 +358,7 @@ def test_slurm_job_array_of_two_configurations(cluster, tiny_sets, tmp_path, mon
         pytest.skip("dianet/cifar.py is not in this checkout")
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
-    jobs = L.launch(["--grid", "lr=0.1,0.05", "--time", "20", "--job-name", "lz-test-array", "--",
+    jobs = L.launch(["--grid", "lr=0.1,0.05", "--time", "60", "--job-name", "lz-test-array", "--",
                      "dianet/cifar.py", *DIANET_ARGS, "--epochs", "1", "--data-root", tiny_sets["cifar"],
                      "--checkpoint", "sweep"], out=out)
     assert len(jobs) == 2

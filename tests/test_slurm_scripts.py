@@ -90,7 +90,7 @@ def script_jobs(slurm_cluster, tiny_sets, tmp_path_factory):
         for script, (args, _) in [("rlanet/train.py", RLANET), *RUNS.items()]:
             out = io.StringIO()
             nodes = ["--nodes", "2"] if script == "rlanet/train.py" else []
-            (jobs[script],) = L.launch([*nodes, "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "20",
+            (jobs[script],) = L.launch([*nodes, "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "60",
                                         "--", script, *_fill(args, data)], out=out)
             outs[script] = out.getvalue()
     finally:
