@@ -15,8 +15,9 @@ Examples::
     python slurm/launch.py --grid depth=20,29 --grid lr=0.1,0.05 -- dianet/cifar.py -a dia_resnet --demo
 
 Every task of the job sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR (the job's
-first host) and MASTER_PORT (a port found free on that host) and then runs the script in a child
-process, so the script's own ``torch.distributed`` code (``env://``) sees a torchrun-like world.
+first node: its name, or its ``NodeAddr`` when the name does not resolve) and MASTER_PORT (a port
+found free on that host) and then runs the script in a child process, so the script's own
+``torch.distributed`` code (``env://``) sees a torchrun-like world.
 
 Preemption / time limit: SLURM sends SIGUSR2 ahead of the end (``--signal-delay``); submitit's
 handler then requeues the job. When the job starts again (also after ``scontrol requeue``) the
@@ -40,6 +41,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -334,24 +336,41 @@ def _free_port():
     return free_port("")  # any interface: other nodes connect to it
 
 
-def _rendezvous_port(folder, key, is_master, timeout=600.0):
-    """Global rank 0 picks a free port on its host and publishes it in the (shared) job folder."""
+def node_address(name):
+    """An address the other nodes reach node ``name`` at: the name itself when it resolves (the usual
+    case), else the node's ``NodeAddr`` from ``scontrol show node`` (clusters whose node names are not
+    host names, such as the test cluster's ``n1``, ``n2``), else the name as it is."""
+    try:
+        socket.getaddrinfo(name, None)
+        return name
+    except (OSError, UnicodeError):
+        pass
+    try:
+        out = subprocess.run(["scontrol", "show", "node", "-o", name], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return name
+    m = re.search(r"(?:^|\s)NodeAddr=(\S+)", out.stdout)
+    return m.group(1) if out.returncode == 0 and m else name
+
+
+def _rendezvous(folder, key, master_host, is_master, timeout=600.0):
+    """Global rank 0 finds the address of the job's first node (``master_host``) and a free port on its
+    host and publishes both in the (shared) job folder; every rank returns ``(address, port)``."""
     path = Path(folder) / f".master_port.{key}"
     if is_master:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(str(_free_port()))
+        tmp.write_text(f"{node_address(master_host)} {_free_port()}")
         os.replace(tmp, path)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            text = path.read_text().strip()
-            if text:
-                return int(text)
+            addr, port = path.read_text().split()
+            return addr, int(port)
         except (OSError, ValueError):
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no master port published in {path} after {timeout:.0f} s")
+            raise RuntimeError(f"no master address and port published in {path} after {timeout:.0f} s")
         time.sleep(0.2)
 
 
@@ -403,7 +422,10 @@ class TrainingJob:
         else:
             master = "127.0.0.1"
         key = f"{env.job_id}.{restart_count}.{self.restarts}"
-        port = _rendezvous_port(env.paths.folder, key, env.global_rank == 0) if world > 1 else _free_port()
+        if world > 1:
+            master, port = _rendezvous(env.paths.folder, key, master, env.global_rank == 0)
+        else:
+            master, port = node_address(master), _free_port()
 
         child_env = dict(os.environ)
         child_env.update({
@@ -446,6 +468,8 @@ class TrainingJob:
         return {
             "rank": env.global_rank,
             "world_size": world,
+            "node": os.environ.get("SLURMD_NODENAME") or env.hostname,
+            "master": f"{master}:{port}",
             "returncode": rc,
             "args": args,
             "checkpoint": self._checkpoint_file(args),

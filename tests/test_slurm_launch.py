@@ -1,6 +1,6 @@
-"""slurm/launch.py: unit tests without SLURM, then real jobs on a private one-node SLURM cluster
-(munged + slurmctld + slurmd started by a module fixture and stopped by it; needs root and Debian's
-``slurm-wlm`` + ``munge``)."""
+"""slurm/launch.py: unit tests without SLURM, then real jobs on a private two-node SLURM cluster
+(munged + slurmctld + one slurmd per node, started once per test process by the ``slurm_cluster``
+fixture of conftest.py and stopped by it; needs root and Debian's ``slurm-wlm`` + ``munge``)."""
 import io
 import os
 import shutil
@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "slurm"
 DIANET = REPO / "dianet" / "cifar.py"
 TOY = L.ScriptSpec("toy_train.py", ("-c", "--checkpoint"), "checkpoint", "{dir}/checkpoint.pth.tar")
-DIANET_ARGS = ["-a", "dia_resnet", "--depth", "11", "--block-name", "bottleneck", "--demo", "--train-batch", "64",
-               "--manualSeed", "1", "--workers", "0", "--data-root", "datasets", "--sync-bn",
+# + --data-root <the tiny CIFAR set of conftest.tiny_sets> (512 digits in the demo's CIFAR layout)
+DIANET_ARGS = ["-a", "dia_resnet", "--depth", "11", "--block-name", "bottleneck", "--train-batch", "64",
+               "--manualSeed", "1", "--workers", "0", "--sync-bn",
                "--lr", "0.02"]  # at lr 0.1 the first epochs are chaotic: float rounding alone moves valid acc by %
 
 needs_dianet = pytest.mark.skipif(not DIANET.is_file(), reason="dianet/cifar.py is not in this checkout")
@@ -201,29 +202,40 @@ def test_local_script_failure_is_reported(toy, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# on a real one-node SLURM cluster
+# on a real two-node SLURM cluster (n1, n2: two slurmd on this machine)
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cluster():
-    missing = missing_binaries()
-    if missing:
-        pytest.skip("SLURM test cluster needs " + ", ".join(missing) + " (apt-get install -y slurm-wlm munge)")
-    if os.geteuid() != 0:
-        pytest.skip("the SLURM test cluster must be started as root")
-    c = LocalSlurmCluster(cpus=2)
-    c.start()
-    saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "PATH")}
-    c.activate()
-    try:
-        yield c
-    finally:
-        c.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(c.root, ignore_errors=True)
+@pytest.fixture(scope="session")
+def cluster(slurm_cluster):
+    return slurm_cluster
+
+
+def test_node_address_of_a_name_that_does_not_resolve(monkeypatch, tmp_path):
+    """The job's first node becomes MASTER_ADDR: a node name without a hosts entry goes through the
+    node's NodeAddr (a stand-in ``scontrol`` here); a name that resolves is kept."""
+    assert L.node_address("localhost") == "localhost"
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\necho \"NodeName=$4 Arch=x86_64 CoresPerSocket=2 NodeAddr=10.1.2.3 NodeHostName=h\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert L.node_address("lz-no-such-node.invalid") == "10.1.2.3"
+    fake.write_text("#!/bin/sh\necho 'Node lz-x not found' >&2; exit 1\n")
+    assert L.node_address("lz-no-such-node.invalid") == "lz-no-such-node.invalid"
+
+
+@pytest.mark.slurm
+def test_cluster_has_two_nodes_and_leaves_hosts_alone(cluster):
+    hosts = Path("/etc/hosts").read_bytes()
+    assert cluster.node_names == ["n1", "n2"]
+    assert set(cluster.node_states()) == {"n1", "n2"}
+    conf = cluster.conf_path.read_text()
+    nodes = [line for line in conf.splitlines() if line.startswith("NodeName=")]
+    assert [line.split()[0] for line in nodes] == ["NodeName=n1", "NodeName=n2"] and "slurmd.%n" in conf
+    assert all("NodeHostname=localhost NodeAddr=127.0.0.1 Port=" in line for line in nodes)
+    assert len({line.split("Port=")[1].split()[0] for line in nodes}) == 2  # a port of its own per slurmd
+    out = cluster.run("srun", "--nodes", "2", "--ntasks-per-node", "1", "sh", "-c", "echo $SLURMD_NODENAME $SLURM_PROCID")
+    assert sorted(out.split("\n")[:2]) == ["n1 0", "n2 1"]
+    assert L.node_address("n1") in ("n1", "127.0.0.1")  # resolves, or through NodeAddr
+    assert Path("/etc/hosts").read_bytes() == hosts
 
 
 def wait_results(job, ntasks, timeout=600, on_poll=None):
@@ -245,18 +257,18 @@ def log_rows(path):
     return lines[0], [[float(x) for x in line.split()] for line in lines[1:] if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def dianet_requeued_job(cluster, tmp_path_factory):
-    """2-task gloo DDP DIANet demo training submitted through slurm/launch.py, requeued with
-    ``scontrol requeue`` once the first epoch's checkpoint exists; plus the same training in one
-    plain process (same global batch) run at the same time for comparison."""
+# session scope (as the cluster): under ``pytest -n 2`` the worker may run tests of other modules between
+# these, which would tear a module-scoped fixture down and submit the job again
+@pytest.fixture(scope="session")
+def dianet_requeued_job(cluster, tiny_sets, tmp_path_factory):
+    """2-node x 1-task gloo DDP DIANet demo training submitted through slurm/launch.py (rank 1 on n2
+    reaches rank 0 on n1), requeued with ``scontrol requeue`` once the first epoch's checkpoint
+    exists; plus the same training in one plain process (same global batch) run at the same time
+    for comparison."""
     if not DIANET.is_file():
         pytest.skip("dianet/cifar.py is not in this checkout")
-    from common.data import build_demo_cifar
-
     work = tmp_path_factory.mktemp("dianet_slurm")
-    build_demo_cifar(str(work / "datasets"))
-    epochs = ["--epochs", "2"]
+    epochs = ["--epochs", "2", "--data-root", tiny_sets["cifar"]]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -266,7 +278,8 @@ def dianet_requeued_job(cluster, tmp_path_factory):
     os.chdir(work)
     try:
         out = io.StringIO()
-        job, = L.launch(["--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "20", "--job-name", "lz-test-ddp",
+        job, = L.launch(["--nodes", "2", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "60",
+                         "--job-name", "lz-test-ddp",
                          "--", "dianet/cifar.py", *DIANET_ARGS, *epochs, "--checkpoint", "ddp"], out=out)
     finally:
         os.chdir(old)
@@ -299,6 +312,9 @@ def test_slurm_dianet_two_task_ddp_matches_single_process(dianet_requeued_job):
     assert f"Submitted job {job.job_id}" in r["launch_out"] and "(2 tasks)" in r["launch_out"]
     assert sorted(x["rank"] for x in r["results"]) == [0, 1]
     assert all(x["world_size"] == 2 and x["returncode"] == 0 for x in r["results"])
+    assert [x["node"] for x in sorted(r["results"], key=lambda x: x["rank"])] == ["n1", "n2"]  # one rank per node
+    assert len({x["master"] for x in r["results"]}) == 1  # both ranks met at rank 0's address and port
+    assert r["results"][0]["master"].split(":")[0] == L.node_address("n1")
     assert (work / "ddp" / "checkpoint.pth.tar").is_file() and (work / "ddp" / "log.jsonl").is_file()
     assert "Best acc:" in job.task(0).stdout()
     head, ddp = log_rows(work / "ddp" / "log.txt")
@@ -322,10 +338,11 @@ def test_slurm_requeue_resumes_from_checkpoint(dianet_requeued_job):
     r = dianet_requeued_job
     work, job = r["work"], r["job"]
     assert r["requeued_at"] is not None and r["requeued_at"] < 2, "requeue must hit before the last epoch"
-    log = job.task(0).stdout()
-    assert log.count("[launch] rank 0/2") == 2  # started twice
-    assert f"resuming from {work / 'ddp' / 'checkpoint.pth.tar'}" in log
-    assert "--resume" in " ".join(r["results"][0]["args"])
+    for rank in (0, 1):  # both nodes started twice, the second time from the checkpoint
+        log = job.task(rank).stdout()
+        assert log.count(f"[launch] rank {rank}/2 (node {rank},") == 2
+        assert f"resuming from {work / 'ddp' / 'checkpoint.pth.tar'}" in log
+    assert all("--resume" in " ".join(x["args"]) for x in r["results"])
     text = (work / "ddp" / "log.txt").read_text().splitlines()
     assert len(text) == 1 + 2 and len(set(text)) == len(text)  # header + one row per epoch, none repeated
     import torch
@@ -336,16 +353,14 @@ def test_slurm_requeue_resumes_from_checkpoint(dianet_requeued_job):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_slurm_job_array_of_two_configurations(cluster, tmp_path, monkeypatch):
+def test_slurm_job_array_of_two_configurations(cluster, tiny_sets, tmp_path, monkeypatch):
     if not DIANET.is_file():
         pytest.skip("dianet/cifar.py is not in this checkout")
-    from common.data import build_demo_cifar
-
     monkeypatch.chdir(tmp_path)
-    build_demo_cifar(str(tmp_path / "datasets"))
     out = io.StringIO()
-    jobs = L.launch(["--grid", "lr=0.1,0.05", "--time", "20", "--job-name", "lz-test-array", "--",
-                     "dianet/cifar.py", *DIANET_ARGS, "--epochs", "1", "--checkpoint", "sweep"], out=out)
+    jobs = L.launch(["--grid", "lr=0.1,0.05", "--time", "60", "--job-name", "lz-test-array", "--",
+                     "dianet/cifar.py", *DIANET_ARGS, "--epochs", "1", "--data-root", tiny_sets["cifar"],
+                     "--checkpoint", "sweep"], out=out)
     assert len(jobs) == 2
     array_id = jobs[0].job_id.split("_")[0]
     assert [j.job_id for j in jobs] == [f"{array_id}_0", f"{array_id}_1"]
@@ -354,3 +369,21 @@ def test_slurm_job_array_of_two_configurations(cluster, tmp_path, monkeypatch):
         assert res["args"][-2:] == ["--checkpoint", f"sweep/lr={lr}"]
         _, rows = log_rows(tmp_path / "sweep" / f"lr={lr}" / "log.txt")
         assert len(rows) == 1 and rows[0][0] == float(lr)  # the grid value replaced the base --lr
+
+
+def test_readme_shows_the_real_two_node_sbatch_script(tmp_path, monkeypatch):
+    """The generated sbatch script in slurm/README.md and in the root README is what --dry-run prints for
+    their two-node command."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_main(["--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "10", "--mem", "0",
+                             "--time", "3-00:00:00", "--partition", "gpu", "--", "rlanet/train.py", "-a",
+                             "rla_resnet50", "-b", "256", "/data/imagenet"])
+    assert rc == 0, err
+    out = out.replace(str(tmp_path), "/home/me/layerzoo").replace(str(L.REPO_ROOT), "/home/me/layerzoo")
+    out = out.replace(sys.executable, "/home/me/venv/bin/python")
+    for readme, indent in ((REPO / "slurm" / "README.md", ""), (REPO / "README.md", "  ")):
+        blocks = [b.split(f"{indent}```", 1)[0] for b in readme.read_text().split(f"{indent}```bash\n")[1:]]
+        two_node = [b for b in blocks if "#SBATCH --nodes=2" in b]
+        assert len(two_node) == 1, readme
+        shown = "".join(line[len(indent):] + "\n" for line in two_node[0].splitlines())
+        assert shown == out, readme

@@ -1,4 +1,5 @@
-"""A private one-node SLURM cluster (munged + slurmctld + slurmd) for tests and local trials.
+"""A private SLURM cluster on this machine (munged + slurmctld + one slurmd per node) for tests and
+local trials.
 
 Everything lives in one fresh folder: the filled-in ``slurm.conf``, a munge key and socket, spool
 and state folders, logs. The daemons run in the foreground as children of this Python process, so
@@ -6,16 +7,29 @@ and state folders, logs. The daemons run in the foreground as children of this P
 (``sbatch``, ``squeue``, ``scontrol``, and so submitit) find the cluster through the ``SLURM_CONF``
 environment variable, which ``env()`` returns and ``activate()`` sets.
 
-    with LocalSlurmCluster() as cluster:      # needs root and Debian's slurm-wlm + munge
+    with LocalSlurmCluster(nodes=2) as cluster:   # needs root and Debian's slurm-wlm + munge
         cluster.activate()
         ...
 
+Several nodes: each is one ``slurmd -D -N <name>`` with its own port, spool folder, pid and log
+file (``%n`` in the configuration), all on 127.0.0.1 (``NodeHostname=localhost``,
+``NodeAddr=127.0.0.1``). One node is called ``localhost``; N > 1 nodes are ``n1`` ... ``nN``, names
+that need not resolve: ``slurm/launch.py`` turns a job's first node name into an address through
+the node's ``NodeAddr`` when the name itself does not resolve, so ``/etc/hosts`` stays as it is.
+
+Nothing is left running when the owner goes away: ``stop()`` (also called by ``with``, at
+interpreter exit and on SIGTERM / SIGHUP) cancels the jobs, ends what they left behind and the
+daemons; a watchdog process (``slurm/testing/watchdog.py``, its own session) does the same when
+this process is killed or dies before it could, and removes the folder it made.
+
 From a shell (keeps the cluster up until Ctrl-C, then stops it)::
 
-    python -m slurm.testing.cluster
+    python -m slurm.testing.cluster [--nodes 2]
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import getpass
 import os
 import shutil
@@ -23,10 +37,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from common.ports import free_port
+from slurm.testing import watchdog
 
 __all__ = ["ClusterUnavailable", "LocalSlurmCluster", "missing_binaries"]
 
@@ -70,19 +86,27 @@ def _mem_mb():
 
 
 class LocalSlurmCluster:
-    """One node called ``localhost`` with partition ``debug``.
+    """``nodes`` nodes (an int, or a list of node names) in partition ``debug``.
 
-    cpus / mem_mb: what the node advertises (defaults: this machine's, at least 2 CPUs, so that
+    cpus / mem_mb: what each node advertises (defaults: this machine's, at least 2 CPUs, so that
     2-task jobs fit; slurmd is told to trust the configuration rather than the hardware).
     """
 
-    def __init__(self, root=None, cpus=None, mem_mb=None, start_timeout=60.0):
+    def __init__(self, root=None, cpus=None, mem_mb=None, start_timeout=60.0, nodes=1):
         self.root = Path(root) if root else None
+        self._own_root = root is None
+        if isinstance(nodes, int):
+            if nodes < 1:
+                raise ValueError("nodes must be >= 1")
+            nodes = ["localhost"] if nodes == 1 else [f"n{i + 1}" for i in range(nodes)]
+        self.node_names = list(nodes)
         self.cpus = cpus or max(2, os.cpu_count() or 1)
-        self.mem_mb = mem_mb or max(1024, int(_mem_mb() * 0.8))
+        self.mem_mb = mem_mb or max(1024, int(_mem_mb() * 0.8) // len(self.node_names))
         self.start_timeout = start_timeout
         self.procs = {}
         self._logs = []
+        self._watchdog = None
+        self._old_handlers = {}
 
     # ------------------------------------------------------------------ paths and config
     @property
@@ -103,24 +127,31 @@ class LocalSlurmCluster:
         env["PATH"] = path
         return env
 
+    def _daemon_env(self):
+        env = self.env()
+        env[watchdog.MARKER] = str(self.root)  # inherited by slurmstepd: how the clean-up finds the jobs
+        return env
+
     def activate(self):
         """Point this process (and everything it starts) at the cluster."""
         os.environ.update(self.env())
 
     def _write_config(self):
         text = TEMPLATE.read_text()
+        nodes = []
+        for name in self.node_names:
+            nodes.append(f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} "
+                         f"CPUs={self.cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={self.cpus} ThreadsPerCore=1 "
+                         f"RealMemory={self.mem_mb} State=UNKNOWN")
         fields = {
             "USER": getpass.getuser(),
             "CTLD_PORT": str(_free_port()),
-            "SLURMD_PORT": str(_free_port()),
             "STATE": str(self.root),
-            "CPUS": str(self.cpus),
-            "MEM_MB": str(self.mem_mb),
+            "NODES": "\n".join(nodes),
+            "NODE_LIST": ",".join(self.node_names),
         }
         for key, value in fields.items():
             text = text.replace(f"@{key}@", value)
-        # trust the configured CPUs / memory rather than what slurmd detects
-        text += "SlurmdParameters=config_overrides\n"
         self.conf_path.write_text(text)
 
     # ------------------------------------------------------------------ start / stop
@@ -137,14 +168,14 @@ class LocalSlurmCluster:
             self.root = Path(tempfile.mkdtemp(prefix="lz-slurm-"))
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
-        for sub in ("ctld", "slurmd"):
-            (self.root / sub).mkdir(exist_ok=True)
+        (self.root / "ctld").mkdir(exist_ok=True)
         self._write_config()
         key = self.root / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        env = self.env()
+        env = self._daemon_env()
         try:
+            self._start_watchdog()
             self._spawn("munged", [
                 _which("munged"), "--foreground", "--force",
                 f"--socket={self.munge_socket}", f"--key-file={key}",
@@ -153,18 +184,44 @@ class LocalSlurmCluster:
             ], env)
             self._wait(self._munge_ok, "munged")
             self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf_path)], env)
-            self._spawn("slurmd", [_which("slurmd"), "-D", "-N", "localhost", "-f", str(self.conf_path)], env)
-            self._wait(self._node_ready, "slurmctld/slurmd")
+            for name in self.node_names:
+                self._spawn(f"slurmd.{name}", [_which("slurmd"), "-D", "-N", name, "-f", str(self.conf_path)], env)
+            self._wait(self._nodes_ready, "slurmctld/slurmd")
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _start_watchdog(self):
+        cmd = [sys.executable, str(HERE / "watchdog.py"), str(self.root), str(self.conf_path)]
+        if self._own_root:
+            cmd.append("--remove")
+        self._watchdog = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True, text=True)
+        atexit.register(self.stop)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                    self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.stop()
+        if self._own_root and self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
     def _spawn(self, name, cmd, env):
         log = open(self.root / f"{name}.out", "wb")
         self._logs.append(log)
-        self.procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+        self.procs[name] = proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL)
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            try:
+                self._watchdog.stdin.write(f"pid {proc.pid}\n")
+                self._watchdog.stdin.flush()
+            except OSError:
+                pass
 
     def _check_alive(self):
         for name, proc in self.procs.items():
@@ -191,13 +248,20 @@ class LocalSlurmCluster:
         except (OSError, subprocess.TimeoutExpired):
             return False
 
-    def _node_ready(self):
+    def node_states(self):
+        """``{node name: state}`` as ``sinfo`` reports it (empty when slurmctld does not answer)."""
         try:
-            out = subprocess.run([_which("sinfo"), "-h", "-o", "%t"], env=self.env(), capture_output=True,
+            out = subprocess.run([_which("sinfo"), "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True,
                                  text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
-            return False
-        return out.returncode == 0 and out.stdout.strip().rstrip("*") in ("idle", "mix", "alloc")
+            return {}
+        if out.returncode:
+            return {}
+        return dict(line.split(None, 1) for line in out.stdout.splitlines() if len(line.split()) == 2)
+
+    def _nodes_ready(self):
+        states = self.node_states()
+        return all(states.get(n, "").rstrip("*") in ("idle", "mix", "alloc") for n in self.node_names)
 
     def run(self, *cmd, check=True, timeout=60):
         """Run a SLURM client command against this cluster; returns its stdout."""
@@ -206,20 +270,27 @@ class LocalSlurmCluster:
             raise subprocess.CalledProcessError(out.returncode, cmd, out.stdout, out.stderr)
         return out.stdout
 
-    def cancel_all(self):
-        if self.root is None or "slurmctld" not in self.procs:
+    def cancel_all(self, timeout=20.0):
+        """Cancel every job and wait (up to ``timeout`` s) until the queue is empty."""
+        if self.root is None or "slurmctld" not in self.procs or self.procs["slurmctld"].poll() is not None:
             return
-        try:
-            ids = self.run(_which("squeue"), "-h", "-o", "%A", check=False).split()
-            if ids:
-                self.run(_which("scancel"), *sorted(set(ids)), check=False)
-        except (OSError, subprocess.SubprocessError):
-            pass
+        watchdog.cancel_jobs(str(self.conf_path), timeout)
 
     def stop(self):
-        """Cancel the jobs still queued, then end the daemons this object started (slurmd first)."""
+        """Cancel the jobs, end the processes they left behind, then the daemons this object started
+        (every slurmd first, munged last)."""
+        atexit.unregister(self.stop)
+        for sig, old in self._old_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                if signal.getsignal(sig) == self._on_signal:
+                    signal.signal(sig, old)
+        self._old_handlers.clear()
         self.cancel_all()
-        for name in ("slurmd", "slurmctld", "munged"):
+        if self.root is not None:
+            daemons = {p.pid for p in self.procs.values()}
+            watchdog.sweep(str(self.root), keep=daemons | {os.getpid()} | self._daemon_children(daemons))
+        order = [n for n in self.procs if n.startswith("slurmd")] + ["slurmctld", "munged"]
+        for name in order:
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue
@@ -229,10 +300,30 @@ class LocalSlurmCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.procs and self.root is not None:
+            watchdog.sweep(str(self.root), keep={os.getpid()})
         self.procs.clear()
         for log in self._logs:
             log.close()
         self._logs.clear()
+        if self._watchdog is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._watchdog.stdin.write("done\n")
+                self._watchdog.stdin.close()
+            try:
+                self._watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait()
+            self._watchdog = None
+
+    @staticmethod
+    def _daemon_children(daemons):
+        children = watchdog._parent_map()
+        out = set()
+        for pid in daemons:
+            out.update(watchdog.descendants(pid, children))
+        return out
 
     def logs_tail(self, lines=20):
         if self.root is None:
@@ -251,11 +342,20 @@ class LocalSlurmCluster:
 
     def __exit__(self, *exc):
         self.stop()
+        if self._own_root and self.root is not None:  # the temporary folder start() made
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
-def main():
-    cluster = LocalSlurmCluster().start()
-    print(f"SLURM cluster up in {cluster.root}\n  export SLURM_CONF={cluster.conf_path}\nCtrl-C stops it.", flush=True)
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m slurm.testing.cluster", description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1: 'localhost'; N > 1: n1..nN)")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs each node advertises")
+    opts = p.parse_args(argv)
+    cluster = LocalSlurmCluster(nodes=opts.nodes, cpus=opts.cpus).start()
+    print(f"SLURM cluster up in {cluster.root} (nodes {', '.join(cluster.node_names)})\n"
+          f"  export SLURM_CONF={cluster.conf_path}\nCtrl-C stops it.", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
@@ -264,6 +364,7 @@ def main():
         pass
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
         print("SLURM cluster stopped")
     return 0
 
