@@ -96,6 +96,7 @@ def get_parser():
     p.add_argument("--action", default="", type=str, help="suffix of the run folder <arch>_<action>")
     D.add_examples_dist_args(p)
     g = p.add_argument_group("additions")
+    engine.add_compile_args(g)
     g.add_argument("--demo", action="store_true",
                    help="use the bundled demo ImageFolder (scikit-learn digits, 10 classes, built under DIR)")
     g.add_argument("--img-size", default=224, type=int, help="train / validation crop (default 224)")
