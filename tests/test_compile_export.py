@@ -8,7 +8,9 @@ break); inductor's numerics are checked for a few small representative models. T
 contract's (tests/test_model_contract.py: one small build per constructor / code path); the sweep over all of
 them is ``slow``, one representative per paper runs always.
 """
+import argparse
 import io
+import os
 import warnings
 
 import pytest
@@ -248,3 +250,42 @@ def test_detr_inference_onnx_matches_pytorch(detr):
         ref = module(img, mask)
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ --compile in the scripts
+def test_compile_flags_in_every_training_script():
+    from common import engine
+    from dacdetr import main as detr_main
+    from dla import train as dla_train
+    from dwnet import main as dwnet_main
+    from dianet import cifar as dia_cifar
+    from dla import cifar as dla_cifar
+    from rlanet import train as rla_train
+    from rlanet import train_light as rla_light
+
+    parsers = {"dianet/cifar.py": dia_cifar.get_parser, "dla/cifar.py": dla_cifar.get_parser,
+               "dla/train.py": dla_train.get_parser, "rlanet/train.py": rla_train.get_parser,
+               "rlanet/train_light.py": rla_light.get_parser, "dwnet/main.py": dwnet_main.get_parser,
+               "dacdetr/main.py": detr_main.get_args_parser}
+    for where, parser in parsers.items():
+        args, _ = parser().parse_known_args(["--compile", "--compile-mode", "reduce-overhead", "--cfg", "x.yaml"])
+        assert (args.compile, args.compile_mode, args.compile_backend) == (True, "reduce-overhead", "inductor"), where
+    assert engine.compile_model(torch.nn.Identity(), engine.compile_args(args)) is not None
+    plain = torch.nn.Linear(2, 2)
+    assert engine.compile_model(plain, None) is plain
+    with pytest.raises(ValueError, match="inductor"):
+        engine.compile_model(plain, argparse.Namespace(compile=True, compile_mode="reduce-overhead",
+                                                       compile_backend="eager"))
+
+
+@pytest.mark.slow
+def test_dla_train_runs_compiled(tmp_path):
+    """dla/train.py trains and validates (two steps) through torch.compile; aot_eager keeps it quick on CPU."""
+    from conftest import run_script
+
+    proc = run_script([os.path.join("dla", "train.py"), str(tmp_path / "data"), "--demo", "-a", "resnet50_dla_l",
+                       "--img-size", "32", "-b", "8", "-j", "0", "--steps-per-epoch", "2", "-p", "0", "--seed", "1",
+                       "--epochs", "1", "--work-dir", str(tmp_path / "w"), "--compile", "--compile-backend",
+                       "aot_eager"], check=True)
+    assert "Traceback" not in proc.stderr
+    assert list((tmp_path / "w").rglob("checkpoint.pth.tar"))
