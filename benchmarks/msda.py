@@ -14,7 +14,10 @@ official CUDA op measured on one H100 (hard-coded baseline).
     python benchmarks/msda.py --sweep         # + launch-parameter sweep of the Triton kernels
     python benchmarks/msda.py --dtype bfloat16
 
-Without CUDA it only times the reference at a small shape (and says so).
+Without CUDA it only times the reference at a small shape (and says so); ``--cpu-cases`` times the
+listed cases at their real shapes on CPU, the dispatched op against the reference in the same run:
+
+    python benchmarks/msda.py --cpu-cases --cases encoder_b2 --warmup 0 --iters 2
 """
 from __future__ import annotations
 
@@ -200,9 +203,48 @@ def run_cuda(args):
         sweep(make_inputs(*CASES["encoder_b2"], dtype=dtype), args.warmup, args.iters)
 
 
+def _cpu_time(fn, warmup, iters):
+    times = []
+    for i in range(warmup + iters):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_cpu_cases(args):
+    """The real shapes on CPU: the op as dispatched (``ms_deform_attn``: the custom op, its CPU implementation)
+    against the plain grid_sample reference with autograd, in the same run."""
+    from dacdetr.models.ops import ms_deform_attn
+
+    print(f"CPU, {torch.get_num_threads()} threads, warm-up {args.warmup}, median of {args.iters}; "
+          "'x ref' = speed-up of the op over the grid_sample reference (>1: faster)")
+    print(f"{'case':<12} {'impl':<10} {'fwd ms':>10} {'f+b ms':>10} {'f+b x ref':>10}")
+    impls = {"reference": lambda v, s, st, l, a: ms_deform_attn_core_pytorch(v, s, l, a),
+             "op": lambda v, s, st, l, a: ms_deform_attn(v, [tuple(x) for x in s.tolist()], st, l, a)}
+    for name in args.cases:
+        inputs = make_inputs(*CASES[name], device="cpu")
+        value, shapes, starts, loc, attn = inputs
+        leaves = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+        grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3])
+        res = {}
+        for impl, fn in impls.items():
+            with torch.no_grad():
+                fwd = _cpu_time(lambda: fn(value, shapes, starts, loc, attn), args.warmup, args.iters)
+            both = _cpu_time(lambda: torch.autograd.grad(fn(leaves[0], shapes, starts, leaves[1], leaves[2]),
+                                                         leaves, grad_out), args.warmup, args.iters)
+            res[impl] = (fwd, both)
+        for impl, (fwd, both) in res.items():
+            print(f"{name:<12} {impl:<10} {fwd:10.1f} {both:10.1f} {res['reference'][1] / both:10.2f}")
+
+
 def run_cpu(args):
+    if args.cpu_cases:
+        return run_cpu_cases(args)
     print("CUDA is not available: timing the PyTorch reference on CPU at a small shape only "
-          "(the Triton kernel needs a GPU; official numbers are GPU numbers and are not compared).")
+          "(the Triton kernel needs a GPU; official numbers are GPU numbers and are not compared; "
+          "--cpu-cases times the real shapes).")
     levels = ((20, 34), (10, 17), (5, 9), (3, 5))
     inputs = make_inputs(1, 500, levels=levels, device="cpu")
     value, shapes, starts, loc, attn = inputs
@@ -231,6 +273,8 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--check", action="store_true", help="print max errors Triton vs reference")
     parser.add_argument("--sweep", action="store_true", help="sweep the Triton launch parameters")
+    parser.add_argument("--cpu-cases", action="store_true",
+                        help="without CUDA: time --cases at their real shapes (op vs reference, slow)")
     args = parser.parse_args(argv)
     if torch.cuda.is_available():
         run_cuda(args)

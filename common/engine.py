@@ -4,6 +4,7 @@ The step itself (AMP via ``torch.amp``, GradScaler, clipping, accumulation, the 
 per-iteration scheduler hooks) is :mod:`common.train.step`; this module adds channels_last, DDP wrapping, sync-BN,
 DropPath schedules, top-k accuracy (hard or soft targets) and exact metric reduction across processes.
 """
+import argparse
 import sys
 import time
 
@@ -91,13 +92,49 @@ def add_engine_args(parser):
     g.add_argument("--amp-opt-level", "--opt-level", dest="amp_opt_level", choices=sorted(_APEX_LEVELS),
                    default=None, help="apex-style level, mapped onto torch.amp: O0=fp32, O1/O2/O3=fp16")
     g.add_argument("--channels-last", action="store_true", help="use the channels_last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_compile_args(g)
     g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
     g.add_argument("--sync-bn", action="store_true",
                    help="synchronise BatchNorm statistics across processes (CPU and GPU)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--print-freq", type=int, default=20, help="batches between progress lines")
     return parser
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def add_compile_args(parser, underscore=False):
+    """``--compile``, ``--compile-mode`` and ``--compile-backend`` (``--compile_mode`` etc. too with ``underscore``, for the scripts whose
+    official flags use underscores); read by :func:`compile_model` / :func:`prepare_model`."""
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (every model is compile-clean: one graph, no breaks)")
+    names = ("--compile-mode", "--compile_mode") if underscore else ("--compile-mode",)
+    parser.add_argument(*names, dest="compile_mode", choices=COMPILE_MODES, default=None,
+                        help="torch.compile mode (default: 'default'; 'reduce-overhead' = CUDA graphs, for the "
+                             "launch-bound CIFAR models on a GPU)")
+    names = ("--compile-backend", "--compile_backend") if underscore else ("--compile-backend",)
+    parser.add_argument(*names, dest="compile_backend", default="inductor",
+                        help="torch.compile backend (default inductor; 'aot_eager' / 'eager' trace without code "
+                             "generation: quick checks for graph breaks)")
+    return parser
+
+
+def compile_model(model, args=None):
+    """``torch.compile(model, mode=args.compile_mode, backend=args.compile_backend)`` when ``args.compile`` is set,
+    else ``model``."""
+    if not getattr(args, "compile", False):
+        return model
+    backend = getattr(args, "compile_backend", None) or "inductor"
+    mode = getattr(args, "compile_mode", None)
+    if backend != "inductor" and mode not in (None, "default"):
+        raise ValueError(f"--compile-mode {mode} needs the inductor backend, not {backend!r}")
+    return torch.compile(model, mode=mode, backend=backend)
+
+
+def compile_args(args):
+    """Only the compile flags of ``args`` (for scripts whose other flags must not reach :func:`prepare_model`)."""
+    return argparse.Namespace(**{k: getattr(args, k, None) for k in ("compile", "compile_mode", "compile_backend")})
 
 
 def amp_from_args(args, device):
@@ -165,7 +202,7 @@ def convert_sync_batchnorm(model):
 
 def prepare_model(model, args=None, env=None, *, find_unused_parameters=False, **ddp_kwargs):
     """Move to ``env.device``, then the optional sync-BN / channels_last / DDP / torch.compile (flags read from
-    ``args``: ``sync_bn``, ``channels_last``, ``compile``; absent = off). ``find_unused_parameters`` and any other
+    ``args``: ``sync_bn``, ``channels_last``, ``compile`` / ``compile_mode``; absent = off). ``find_unused_parameters`` and any other
     keyword go to DistributedDataParallel. Returns (model, model_without_ddp)."""
     env = env if env is not None else D.DistEnv()
     model = model.to(env.device)
@@ -178,9 +215,7 @@ def prepare_model(model, args=None, env=None, *, find_unused_parameters=False, *
         ids = [env.device.index] if env.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                     find_unused_parameters=find_unused_parameters, **ddp_kwargs)
-    if getattr(args, "compile", False):
-        model = torch.compile(model)
-    return model, bare
+    return compile_model(model, args), bare
 
 
 def set_drop_path(model, rate):

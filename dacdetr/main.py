@@ -27,7 +27,7 @@ from common.checkpoint import (CheckpointError, TrainingCheckpointer, add_trust_
 from common.config import dump_run_config
 from common.data import ContiguousDistributedSampler
 from common.distributed import add_dist_args, barrier, get_rank, init_distributed, is_main_process
-from common.engine import prepare_model
+from common.engine import add_compile_args, compile_args, prepare_model
 from common.logging import setup_logging
 
 __all__ = ["get_args_parser", "main", "build_param_groups", "resolve_device"]
@@ -126,6 +126,7 @@ def get_args_parser():
     p.add_argument("--use_fp16", default=False, action="store_true")
     p.add_argument("--use_checkpoint", default=False, action="store_true")
     p.add_argument("--use_wandb", action="store_true", default=False)
+    add_compile_args(p, underscore=True)
     add_dist_args(p)
     return p
 
@@ -256,7 +257,8 @@ def main(args):
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
 
     # the official DDP wrap (device_ids=[gpu], every parameter used: find_unused_parameters=False)
-    model, model_without_ddp = prepare_model(model, None, env, find_unused_parameters=False)
+    model, model_without_ddp = prepare_model(model, compile_args(args),
+                                             env, find_unused_parameters=False)
     base_ds = get_coco_api_from_dataset(ds_val)
 
     if args.frozen_weights is not None:

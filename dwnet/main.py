@@ -108,6 +108,7 @@ def get_parser():
                    help=f"use the bundled digits ImageFolder (10 classes; built under --data-path, default "
                         f"{DEMO_ROOT}/); pass a small size for the CPU, e.g. --opts DATA.IMG_SIZE 32")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    engine.add_compile_args(p)
     D.add_dist_args(p)
     return p
 
@@ -418,7 +419,8 @@ def main(argv=None):
     log(f"Creating model:{config.MODEL.TYPE}/{config.MODEL.NAME}")
     model = build_model(config)
     log(str(model))
-    model, bare = engine.prepare_model(model, None, env, broadcast_buffers=False)
+    model, bare = engine.prepare_model(model, engine.compile_args(args),
+                                       env, broadcast_buffers=False)
     optimizer = build_optimizer(config, bare)
     amp = build_amp(config, env.device, args.amp_dtype)
     scaler = amp.make_scaler()

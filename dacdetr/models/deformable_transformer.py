@@ -23,6 +23,8 @@ from torch import nn
 
 from ..util.misc import inverse_sigmoid
 from .ms_deform_attn import MSDeformAttn, fp32_under_autocast
+from .ops import level_sizes
+from .ops import level_start_index as msda_level_start_index
 
 __all__ = [
     "DeformableTransformer",
@@ -98,7 +100,7 @@ class DeformableTransformerEncoder(nn.Module):
         """Pixel centres of every level, normalised by the valid (unpadded) size, then projected to
         every level: ``(B, S, L, 2)``. Computed in float32."""
         refs = []
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             ys, xs = torch.meshgrid(
                 torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
                 torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
@@ -282,7 +284,7 @@ class DeformableTransformer(nn.Module):
         n = memory.shape[0]
         proposals = []
         start = 0
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_sizes(spatial_shapes)):
             mask_l = memory_padding_mask[:, start:start + h * w].view(n, h, w, 1)
             valid_h = torch.sum(~mask_l[:, :, 0, 0], 1)
             valid_w = torch.sum(~mask_l[:, 0, :, 0], 1)
@@ -336,8 +338,9 @@ class DeformableTransformer(nn.Module):
         src_flat = torch.cat(src_flat, 1)
         mask_flat = torch.cat(mask_flat, 1)
         pos_flat = torch.cat(pos_flat, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        # the level sizes stay Python integers (no tensor round trip, no host sync: compile- and export-clean)
+        spatial_shapes = tuple(shapes)
+        level_start_index = msda_level_start_index(spatial_shapes, device=src_flat.device)
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)
 
         memory = self.encoder(src_flat, spatial_shapes, level_start_index, valid_ratios, pos_flat, mask_flat)

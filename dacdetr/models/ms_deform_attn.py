@@ -89,7 +89,8 @@ class MSDeformAttn(nn.Module):
         """
         query (B, Lq, C); reference_points (B, Lq, L, 2) normalised points or (B, Lq, L, 4) boxes
         (cx, cy, w, h); input_flatten (B, S, C) with S = sum_l H_l W_l; input_spatial_shapes (L, 2)
-        long [H, W]; input_level_start_index (L,); input_padding_mask (B, S) True on padding.
+        long [H, W] (or a sequence of (H, W) integer pairs: what torch.compile / export need);
+        input_level_start_index (L,); input_padding_mask (B, S) True on padding.
         Returns (B, Lq, C).
         """
         n, len_q, _ = query.shape
@@ -104,7 +105,11 @@ class MSDeformAttn(nn.Module):
         weights = F.softmax(weights, -1).view(n, len_q, heads, levels, points)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalise by (W_l, H_l)
-            normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+            if isinstance(input_spatial_shapes, torch.Tensor):
+                normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+            else:  # (H, W) integer pairs: the same values as a constant, in the offsets' dtype (exact)
+                normalizer = torch.tensor([(w, h) for h, w in input_spatial_shapes], dtype=offsets.dtype,
+                                          device=offsets.device)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             # offsets are relative to the reference box: half its size per unit of n_points

@@ -86,7 +86,8 @@ class IDynamicDWConvFn(torch.autograd.Function):
             grad_w = torch.empty(b, g, k, k, h, w, dtype=acc, device=x.device)
             for i in range(k):
                 for j in range(k):
-                    torch.sum(xp[..., i:i + h, j:j + w] * go, dim=2, dtype=acc, out=grad_w[:, :, i, j])
+                    # slice assignment, not out= (a non-contiguous out= tensor breaks torch.compile's graph)
+                    grad_w[:, :, i, j] = torch.sum(xp[..., i:i + h, j:j + w] * go, dim=2, dtype=acc)
             grad_w = grad_w.to(weight.dtype)
         return grad_x, grad_w
 

@@ -19,7 +19,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ms_deform_attn_core_pytorch"]
+__all__ = ["ms_deform_attn_core_pytorch", "ms_deform_attn_backward_pytorch"]
 
 
 def _level_sizes(value_spatial_shapes: Union[torch.Tensor, Sequence]) -> list:
@@ -66,3 +66,51 @@ def ms_deform_attn_core_pytorch(value: torch.Tensor,
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
     out = out.view(batch, heads * channels, num_queries)
     return out.transpose(1, 2).contiguous()
+
+
+def ms_deform_attn_backward_pytorch(value: torch.Tensor,
+                                    value_spatial_shapes: Union[torch.Tensor, Sequence],
+                                    sampling_locations: torch.Tensor,
+                                    attention_weights: torch.Tensor,
+                                    grad_output: torch.Tensor,
+                                    needs=(True, True, True)):
+    """Gradients of :func:`ms_deform_attn_core_pytorch` w.r.t. ``(value, sampling_locations, attention_weights)``
+    written out with ``grid_sample``'s own backward (what autograd computes through the reference, without
+    needing autograd: usable inside a custom op). ``needs`` selects the gradients; the others are None."""
+    needs_value, needs_loc, needs_attn = needs
+    batch, _, heads, channels = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    sizes = _level_sizes(value_spatial_shapes)
+    per_level = torch.split(value, [h * w for h, w in sizes], dim=1)
+    grids = 2 * sampling_locations - 1
+    maps = [per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, channels, h, w)
+            for level, (h, w) in enumerate(sizes)]
+    level_grids = [grids[:, :, :, level].transpose(1, 2).flatten(0, 1) for level in range(num_levels)]
+    # (B, Lq, M*D) -> (B*M, D, Lq, 1): the broadcast of the sum over (level, point)
+    go = grad_output.transpose(1, 2).reshape(batch * heads, channels, num_queries, 1)
+    grad_attn = None
+    if needs_attn:
+        sampled = [F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+                   for v, g in zip(maps, level_grids)]
+        stacked = torch.stack(sampled, dim=-2).flatten(-2)
+        grad_w = (go * stacked).sum(1)  # (B*M, Lq, L*P)
+        grad_attn = grad_w.view(batch, heads, num_queries, num_levels, num_points).transpose(1, 2).contiguous()
+    grad_value = grad_loc = None
+    if needs_value or needs_loc:
+        weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, num_queries, num_levels * num_points)
+        grad_stacked = (go * weights).view(batch * heads, channels, num_queries, num_levels, num_points)
+        value_parts, loc_parts = [], []
+        for level, (h, w) in enumerate(sizes):
+            g_in, g_grid = torch.ops.aten.grid_sampler_2d_backward(
+                grad_stacked[:, :, :, level].contiguous(), maps[level], level_grids[level], 0, 0, False,
+                [needs_value, needs_loc])
+            if needs_value:  # (B*M, D, H, W) -> (B, HW, M, D)
+                value_parts.append(g_in.reshape(batch, heads * channels, h * w).transpose(1, 2)
+                                   .reshape(batch, h * w, heads, channels))
+            if needs_loc:  # (B*M, Lq, P, 2) -> (B, Lq, M, P, 2); d grid / d loc = 2
+                loc_parts.append(g_grid.view(batch, heads, num_queries, num_points, 2).transpose(1, 2))
+        if needs_value:
+            grad_value = torch.cat(value_parts, 1)
+        if needs_loc:
+            grad_loc = (torch.stack(loc_parts, dim=3) * 2).contiguous()
+    return grad_value, grad_loc, grad_attn
