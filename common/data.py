@@ -1,7 +1,9 @@
 """Datasets in their real formats, the papers' transforms, the bundled demo set, and samplers.
 
 - CIFAR-10/100 from the standard python pickles (``cifar-10-batches-py/``, ``cifar-100-python/``).
-- ImageNet as ImageFolder (``train/``, ``val/``).
+- ImageNet as ImageFolder (``train/``, ``val/``), or zipped as Swin-Transformer keeps it (``train.zip`` +
+  ``train_map.txt``, ``val.zip`` + ``val_map.txt``), read from inside the zip, optionally cached in memory
+  (all of it, or the share of one process).
 - A demo set that is real data and needs no network: scikit-learn's 1,797 handwritten digits, upscaled to
   32x32 RGB with a fixed stratified split, written once in the CIFAR-10 pickle format so the CIFAR code path
   reads it, and once more as an ImageFolder of PNGs so the ImageNet code path reads it.
@@ -41,6 +43,12 @@ __all__ = [
     "verify_checksums",
     "load_cifar",
     "load_imagefolder",
+    "ZipImageFolder",
+    "load_zip_imagefolder",
+    "write_zip_imagefolder",
+    "build_demo_zip",
+    "CACHE_MODES",
+    "SubsetShuffleSampler",
     "SeededAugment",
     "GlobalBatchSampler",
     "ShardSampler",
@@ -56,6 +64,9 @@ DEMO_DIRNAME = "digits-demo"
 DEMO_TEST_SIZE = 360
 DEMO_SEED = 0
 DEMO_IMAGEFOLDER_DIRNAME = "digits-demo-imagefolder"
+DEMO_ZIP_DIRNAME = "digits-demo-zip"
+CACHE_MODES = ("no", "full", "part")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CHECKSUMS_NAME = "SHA256SUMS"
 
 _CIFAR_LAYOUT = {
@@ -357,6 +368,171 @@ def load_imagefolder(root, split, transform=None):
         ) from None
 
 
+# ---------------------------------------------------------------- zipped ImageFolder (Swin-Transformer's layout)
+_ZIP_LAYOUT = ("{root}/{split}.zip (the images, at the paths the map file gives) and {root}/{split}_map.txt "
+               "(one '<path inside the zip>\\t<class index>' line per image, e.g. 'n01440764/n01440764_10026.JPEG\\t0'"
+               "); write it from an ImageFolder with common.data.write_zip_imagefolder")
+
+
+class _ZipBank:
+    """One open :class:`zipfile.ZipFile` per (process, archive): a DataLoader worker opens its own handle."""
+
+    _files = {}
+
+    @classmethod
+    def read(cls, archive, member):
+        import zipfile
+
+        key = (os.getpid(), archive)
+        zf = cls._files.get(key)
+        if zf is None:
+            zf = cls._files[key] = zipfile.ZipFile(archive, "r")
+        return zf.read(member)
+
+
+def _read_map(path, archive_names=None):
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            name, sep, label = line.rpartition("\t")
+            if not sep or not name or not label.strip().lstrip("-").isdigit():
+                raise DataFileError(f"{path}, line {lineno}: expected '<path inside the zip>\\t<class index>', "
+                                    f"found {line!r}")
+            name = name.strip("/")
+            if os.path.splitext(name)[1].lower() not in IMG_EXTENSIONS:
+                raise DataFileError(f"{path}, line {lineno}: {name!r} is not an image file "
+                                    f"({', '.join(IMG_EXTENSIONS)})")
+            if archive_names is not None and name not in archive_names:
+                raise DataFileError(f"{path}, line {lineno}: {name!r} is not in the zip file")
+            samples.append((name, int(label)))
+    if not samples:
+        raise DataFileError(f"{path} lists no image")
+    return samples
+
+
+class ZipImageFolder(Dataset):
+    """Images read from inside ``<root>/<split>.zip``, listed with their class index in ``<root>/<split>_map.txt``
+    (Swin-Transformer's zipped ImageNet; samples in the map file's order), as ``(PIL RGB image or
+    transform(image), class index)``.
+
+    ``cache_mode``: ``"no"`` reads every image from the zip when it is loaded; ``"full"`` reads the bytes of
+    every image into memory once; ``"part"`` caches only the images of ``cache_indices`` (the share of this
+    process: give the indices its sampler draws; default the ``index % world_size == rank`` share, as Swin),
+    the others are read from the zip. Cached bytes are shared by forked DataLoader workers.
+    """
+
+    def __init__(self, root, split, transform=None, target_transform=None, cache_mode="no", cache_indices=None,
+                 rank=0, world_size=1):
+        if cache_mode not in CACHE_MODES:
+            raise ValueError(f"cache_mode must be one of {CACHE_MODES}, got {cache_mode!r}")
+        self.root, self.split = root, split
+        self.archive = os.path.join(root, f"{split}.zip")
+        self.map_file = os.path.join(root, f"{split}_map.txt")
+        missing = [p for p in (self.archive, self.map_file) if not os.path.isfile(p)]
+        if missing:
+            raise DatasetNotFoundError(
+                f"zipped split {split!r}: {' and '.join(repr(p) for p in missing)} not found.\n"
+                f"Expected layout: {_ZIP_LAYOUT.format(root=root, split=split)}.\n"
+                f"Point the script at that folder, drop --zip to read an ImageFolder, or use the bundled demo "
+                f"(--demo --zip; built offline by common.data.build_demo_zip).")
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(self.archive) as zf:
+                names = {n.strip("/") for n in zf.namelist()}
+        except zipfile.BadZipFile as err:
+            raise DataFileError(f"{self.archive} is not a zip file: {err}") from None
+        self.samples = _read_map(self.map_file, names)
+        self.targets = [t for _, t in self.samples]
+        self.classes = sorted(set(self.targets))
+        self.transform, self.target_transform = transform, target_transform
+        self.cache_mode = cache_mode
+        if cache_mode == "full":
+            wanted = range(len(self.samples))
+        elif cache_mode == "part":
+            if callable(cache_indices):  # of the number of images, known once the map file is read
+                cache_indices = cache_indices(len(self.samples))
+            wanted = (range(rank, len(self.samples), world_size) if cache_indices is None
+                      else sorted(set(int(i) for i in cache_indices)))
+        else:
+            wanted = ()
+        self.cache = {i: _ZipBank.read(self.archive, self.samples[i][0]) for i in wanted}
+
+    def __len__(self):
+        return len(self.samples)
+
+    def read_bytes(self, index):
+        data = self.cache.get(index)
+        return data if data is not None else _ZipBank.read(self.archive, self.samples[index][0])
+
+    def __getitem__(self, index):
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self.read_bytes(index))) as img:
+            image = img.convert("RGB")
+        target = self.samples[index][1]
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
+def load_zip_imagefolder(root, split, transform=None, cache_mode="no", cache_indices=None, rank=0, world_size=1):
+    """:class:`ZipImageFolder` of ``<root>/<split>.zip`` + ``<root>/<split>_map.txt``; a missing file stops with
+    one message naming the path and the layout."""
+    return ZipImageFolder(root, split, transform=transform, cache_mode=cache_mode, cache_indices=cache_indices,
+                          rank=rank, world_size=world_size)
+
+
+def write_zip_imagefolder(src_root, dst_root, splits=("train", "val")):
+    """Write the ImageFolder ``<src_root>/<split>/<class>/<image>`` as ``<dst_root>/<split>.zip`` (entries
+    ``<class>/<image>``, stored uncompressed) and ``<dst_root>/<split>_map.txt`` (``<class>/<image>\\t<index>``),
+    in torchvision ImageFolder's order and class indices, so both read the same samples. Returns ``dst_root``."""
+    import zipfile
+
+    os.makedirs(dst_root, exist_ok=True)
+    for split in splits:
+        folder = datasets.ImageFolder(os.path.join(src_root, split))
+        base = os.path.join(folder.root, "")
+        archive, map_file = os.path.join(dst_root, f"{split}.zip"), os.path.join(dst_root, f"{split}_map.txt")
+        tmp = f".tmp{os.getpid()}"
+        with zipfile.ZipFile(archive + tmp, "w", compression=zipfile.ZIP_STORED) as zf, \
+                open(map_file + tmp, "w", encoding="utf-8", newline="\n") as mf:
+            for path, target in folder.samples:
+                rel = path[len(base):].replace(os.sep, "/")
+                info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))  # same bytes on every build
+                with open(path, "rb") as f:
+                    zf.writestr(info, f.read())
+                mf.write(f"{rel}\t{target}\n")
+        os.replace(archive + tmp, archive)
+        os.replace(map_file + tmp, map_file)
+    return dst_root
+
+
+def build_demo_zip(root):
+    """The digits demo ImageFolder (:func:`build_demo_imagefolder`) zipped in Swin's layout under
+    ``<root>/digits-demo-zip/`` (``train.zip``, ``train_map.txt``, ``val.zip``, ``val_map.txt``; once).
+    Returns that folder (for :func:`load_zip_imagefolder`)."""
+    folder = build_demo_imagefolder(root)
+    dst = os.path.join(root, DEMO_ZIP_DIRNAME)
+    if all(os.path.isfile(os.path.join(dst, f"{s}{e}")) for s in ("train", "val") for e in (".zip", "_map.txt")):
+        return dst
+    tmp = dst + f".tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_zip_imagefolder(folder, tmp)
+    try:
+        os.replace(tmp, dst)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
 def _digits_as_cifar():
     """sklearn digits (8x8, 0..16) -> uint8 (N, 32, 32, 3), bilinear upscaling; fixed stratified split."""
     from sklearn.datasets import load_digits
@@ -560,6 +736,25 @@ class ShardSampler(Sampler):
 
     def __iter__(self):
         return iter(self.indices)
+
+
+class SubsetShuffleSampler(Sampler):
+    """A fixed subset of indices (one process's share), reshuffled every epoch from (seed, epoch) (call
+    :meth:`set_epoch`): Swin's training sampler for ``--zip --cache-mode part``, where each process keeps reading
+    the images it cached."""
+
+    def __init__(self, indices, shuffle=True, seed=0):
+        self.indices = [int(i) for i in indices]
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter([self.indices[i] for i in _epoch_order(len(self.indices), self.shuffle, self.seed, self.epoch)])
 
 
 class ContiguousDistributedSampler(torch.utils.data.DistributedSampler):

@@ -77,7 +77,7 @@ def _default_rank():
 
 
 def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks=None, filename="console.log",
-                  level=logging.INFO, fmt=None, datefmt=None):
+                  level=logging.INFO, fmt=None, datefmt=None, file_all_ranks=False):
     """Set up the console of this process and return ``log``, a ``print``-like callable.
 
     * rank 0 (``rank=None``: the initialised process group's rank, else ``$RANK``, else 0): ``log(...)`` and
@@ -93,6 +93,9 @@ def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks
     ``fmt`` / ``datefmt``: a :class:`logging.Formatter` format for every line (e.g. Swin's
     ``[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s``; ``%(filename)s`` /
     ``%(lineno)d`` name the caller of ``log``); default: the message alone.
+    ``file_all_ranks=True`` (Swin's logger: ``log_rank{r}.txt`` on every process): every rank appends its own
+    messages to ``output_dir/filename`` (give each rank its own name, e.g. ``f"log_rank{rank}.txt"``), while
+    the console stays as above (rank 0 only, unless ``verbose_all_ranks``); the file lines carry no rank prefix.
     The handlers are installed on the root logger (so ``logging.getLogger(__name__)`` of every module reaches
     them) and replace those of an earlier call; other handlers are left alone.
     """
@@ -103,22 +106,29 @@ def setup_logging(output_dir=None, rank=None, name="layerzoo", verbose_all_ranks
     close_logging()
     root = logging.getLogger()
     formatter = _Formatter("" if rank == 0 else f"[rank {rank}] ", fmt, datefmt)
-    handlers = [_ConsoleHandler()]
-    if output_dir is not None and enabled:
-        handlers.append(_FileHandler(os.path.join(os.path.abspath(os.fspath(output_dir)), filename)))
+    console = _ConsoleHandler()
+    console.setLevel(level if enabled else logging.ERROR)
+    console.setFormatter(formatter)
+    handlers = [console]
+    writes_file = output_dir is not None and (enabled or file_all_ranks)
+    if writes_file:
+        fh = _FileHandler(os.path.join(os.path.abspath(os.fspath(output_dir)), filename))
+        fh.setLevel(level)
+        fh.setFormatter(_Formatter("", fmt, datefmt) if file_all_ranks else formatter)
+        handlers.append(fh)
     for h in handlers:
         h._layerzoo = True
-        h.setLevel(level if enabled else logging.ERROR)
-        h.setFormatter(formatter)
         root.addHandler(h)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     logger = logging.getLogger(name)
 
     def log(*values, sep=" ", end="\n", file=None, flush=False):
-        if not enabled:
+        if not (enabled or writes_file):
             return
         if file is not None and file is not sys.stdout:
+            if not enabled:
+                return
             print(*values, sep=sep, end=end, file=file, flush=flush)
             return
         text = (" " if sep is None else sep).join(str(v) for v in values)

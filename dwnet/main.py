@@ -36,9 +36,15 @@ Where this script differs from the official one, on purpose:
   ``distribute_bn``), so every process validates the model that is saved (officially each process kept its
   own statistics, ``broadcast_buffers=False``, and the checkpoint held rank 0's).
 * Validation accuracy is summed exactly over processes (officially averaged per batch); ``--eval`` needs a
-  checkpoint (``--resume`` or auto-resume; officially it would start training); ``--zip`` / ``--cache-mode``
-  are accepted and have no effect (officially they only changed the sampler); ``--data-set CIFAR`` reads the
+  checkpoint (``--resume`` or auto-resume; officially it would start training); ``--data-set CIFAR`` reads the
   CIFAR-10 python pickles under ``--data-path`` (no download).
+* ``--zip`` reads Swin's zipped ImageNet (``train.zip`` + ``train_map.txt``, ``val.zip`` + ``val_map.txt``
+  under ``--data-path``; officially imported but never used to build the data set). ``--cache-mode`` as Swin:
+  ``no`` reads from the zip, ``full`` holds every training image's bytes in memory, ``part`` only the share of
+  this process, which then trains on that fixed share (reshuffled every epoch; officially the shares could
+  differ by one image, here they are cut to equal length so every process runs the same number of steps);
+  the validation set is always cached ``part`` (each process its own shard). Without ``--zip`` the cache
+  mode has no effect, as officially.
 """
 import argparse
 import datetime
@@ -68,7 +74,7 @@ from dwnet.config import AMP_LEVELS, DATA_SETS, get_config  # noqa: E402
 from dwnet.models.build import MODEL_TYPES  # noqa: E402
 from dwnet.models.build import build_model as _build_model  # noqa: E402
 
-__all__ = ["get_parser", "parse_option", "build_model", "build_transform", "build_loader", "build_amp",
+__all__ = ["get_parser", "parse_option", "build_model", "build_transform", "part_indices", "build_loader", "build_amp",
            "checkpointer", "auto_resume_helper", "main", "cli", "LOG_FORMAT", "MODEL_TYPES"]
 
 # the official logger's line format and date format (logger.py of Swin-Transformer)
@@ -85,9 +91,11 @@ def get_parser():
     add_config_args(p)
     p.add_argument("--batch-size", type=int, default=128, help="batch size for a single GPU (process)")
     p.add_argument("--data-path", type=str, help="path to the dataset (ImageNet: train/ and val/ class folders)")
-    p.add_argument("--zip", action="store_true", help="use zipped dataset instead of folder dataset (no effect)")
-    p.add_argument("--cache-mode", type=str, default="part", choices=["no", "full", "part"],
-                   help="no: no cache, full: cache all data, part: shard the dataset (no effect)")
+    p.add_argument("--zip", action="store_true",
+                   help="use zipped dataset instead of folder dataset (<data-path>/{train,val}.zip + *_map.txt)")
+    p.add_argument("--cache-mode", type=str, default="part", choices=list(cdata.CACHE_MODES),
+                   help="no: no cache, full: cache all data, part: sharding the dataset into nonoverlapping "
+                        "pieces and only cache one piece (with --zip)")
     p.add_argument("--resume", help="resume from checkpoint")
     ckpt.add_trust_arg(p)
     p.add_argument("--accumulation-steps", type=int, help="gradient accumulation steps")
@@ -121,10 +129,11 @@ def parse_option(argv=None):
     args.unknown = unknown
     if args.demo:
         root = args.data_path or DEMO_ROOT
+        build = cdata.build_demo_zip if args.zip else cdata.build_demo_imagefolder
         if D.get_rank() == 0:
-            cdata.build_demo_imagefolder(root)
+            build(root)
         D.barrier()
-        args.data_path = cdata.build_demo_imagefolder(root)
+        args.data_path = build(root)
         args.data_set = "IMNET"
     config = get_config(args)
     config.defrost()  # as officially, the data set decides the number of classes (1000 for ImageNet)
@@ -171,27 +180,48 @@ def build_transform(is_train, config):
     return transforms.Compose([transforms.Resize((size, size), interpolation=mode)] + normalize)
 
 
-def _dataset(is_train, config):
+def part_indices(n, rank, world_size, is_train):
+    """The images process ``rank`` reads (and caches with ``--cache-mode part``): for training Swin's share
+    ``rank, rank + world, ...``, cut to ``n // world`` images so that every process runs the same number of
+    steps; for validation the contiguous shard of :class:`common.data.ShardSampler`."""
+    if is_train:
+        return list(range(rank, n, world_size))[:n // world_size]
+    return cdata.ShardSampler(n, rank, world_size).indices
+
+
+def _dataset(is_train, config, env=None):
     transform = build_transform(is_train, config)
     if config.DATA.DATASET == "cifar":
         return cdata.load_cifar(config.DATA.DATA_PATH, "cifar10", train=is_train, transform=transform)
     if config.DATA.DATASET != "imagenet":
         raise ConfigError(f"DATA.DATASET {config.DATA.DATASET!r} is not supported; use imagenet or cifar")
-    return cdata.load_imagefolder(config.DATA.DATA_PATH, "train" if is_train else "val", transform=transform)
+    split = "train" if is_train else "val"
+    if config.DATA.ZIP_MODE:
+        rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
+        mode = config.DATA.CACHE_MODE if is_train else "part"
+        if mode not in cdata.CACHE_MODES:
+            raise ConfigError(f"DATA.CACHE_MODE {mode!r} is not one of {', '.join(cdata.CACHE_MODES)}")
+        return cdata.load_zip_imagefolder(config.DATA.DATA_PATH, split, transform=transform, cache_mode=mode,
+                                          cache_indices=lambda n: part_indices(n, rank, world, is_train))
+    return cdata.load_imagefolder(config.DATA.DATA_PATH, split, transform=transform)
 
 
 def build_loader(config, env):
     """``(dataset_train, dataset_val, loader_train, loader_val, mixup_fn)``: a DistributedSampler over the
     training set (per-epoch shuffle, ``drop_last``; each image's augmentation seeded by (SEED, epoch, index)),
     contiguous validation shards (exact sums across processes), timm's Mixup / CutMix when switched on."""
-    train_set = _dataset(True, config)
-    val_set = _dataset(False, config)
+    train_set = _dataset(True, config, env)
+    val_set = _dataset(False, config, env)
     train_set = cdata.SeededAugment(train_set, seed=config.SEED)
     if len(train_set) < config.DATA.BATCH_SIZE * env.world_size:
         raise ConfigError(f"the training set ({len(train_set)} images) is smaller than one global batch "
                           f"({config.DATA.BATCH_SIZE} x {env.world_size} processes); lower --batch-size")
-    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                 seed=config.SEED)
+    if config.DATA.ZIP_MODE and config.DATA.CACHE_MODE == "part":  # Swin: each process keeps to its cached share
+        sampler = cdata.SubsetShuffleSampler(part_indices(len(train_set), env.rank, env.world_size, True),
+                                             seed=config.SEED)
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                     seed=config.SEED)
     pin = config.DATA.PIN_MEMORY and env.device.type == "cuda"
     workers = config.DATA.NUM_WORKERS
     loader_train = DataLoader(train_set, sampler=sampler, batch_size=config.DATA.BATCH_SIZE, num_workers=workers,
@@ -406,7 +436,7 @@ def main(argv=None):
     ckpt.seed_everything(config.SEED + env.rank)
     scale_lr(config, env.world_size)
     log = setup_logging(config.OUTPUT, rank=env.rank, name=config.MODEL.NAME, filename=f"log_rank{env.rank}.txt",
-                        fmt=LOG_FORMAT, datefmt=LOG_DATEFMT)
+                        fmt=LOG_FORMAT, datefmt=LOG_DATEFMT, file_all_ranks=True)
     if args.unknown:
         log.logger.warning(f"ignored unknown arguments: {' '.join(args.unknown)}")
     train_set, val_set, loader_train, loader_val, mixup_fn = build_loader(config, env)

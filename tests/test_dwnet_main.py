@@ -310,11 +310,40 @@ def _fails(capsys, argv):
     return err
 
 
+def test_zip_mode_gives_the_folder_batches(work):
+    """--zip --cache-mode no / full read the demo as train.zip + train_map.txt and give exactly the batches of the
+    ImageFolder; --cache-mode part: a process trains on its fixed share and caches just that."""
+    from common.distributed import DistEnv
+
+    env = DistEnv(0, 0, 1, False, torch.device("cpu"))
+    got = {}
+    for mode in (None, "no", "full"):
+        extra = () if mode is None else ("--zip", "--cache-mode", mode)
+        _, config = dmain.parse_option(_argv(work, *extra))
+        assert config.DATA.ZIP_MODE == (mode is not None)
+        train_set, val_set, lt, lv, _ = dmain.build_loader(config, env)
+        got[mode] = (next(iter(lt)), next(iter(lv)))
+        if mode == "full":
+            assert len(train_set.dataset.cache) == 1437 and len(val_set.cache) == 360  # val: 'part' of one process
+    for mode in ("no", "full"):
+        for a, b in zip(got[None], got[mode]):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    _, config = dmain.parse_option(_argv(work, "--zip", "--cache-mode", "part"))
+    rank1 = DistEnv(1, 1, 2, False, torch.device("cpu"))
+    train_set, val_set, lt, lv, _ = dmain.build_loader(config, rank1)
+    share = list(range(1, 1437, 2))[:718]
+    assert sorted(train_set.dataset.cache) == share and sorted(lt.sampler) == share
+    assert sorted(val_set.cache) == list(lv.sampler) == list(range(180, 360))
+
+
 def test_missing_data_names_the_layout_and_demo(work, capsys):
     argv = [a for a in _argv(work) if a != "--demo"]
     argv[argv.index("--data-path") + 1] = os.path.join(work["root"], "no_imagenet")
     err = _fails(capsys, argv)
     assert "no_imagenet" in err and "{train,val}/<class>" in err and "--demo" in err
+    err = _fails(capsys, argv + ["--zip"])  # the zipped layout: the zip and map file it looked for
+    assert os.path.join(work["root"], "no_imagenet", "train.zip") in err and "train_map.txt" in err
+    assert "<path inside the zip>" in err and err.count("error: ") == 1
 
 
 def test_checkpoint_of_another_variant_lists_the_keys(work, trained, tmp_path, capsys):
@@ -360,6 +389,9 @@ def test_two_gloo_processes_with_torchrun_and_exact_resume(work):
     opts = ["TRAIN.EPOCHS", "2", "TRAIN.AUTO_RESUME", "True"]
     folder = _torchrun(work, "ddp", opts)
     log = _log(folder)
+    with open(os.path.join(folder, "log_rank1.txt")) as f:  # every process writes its own log (Swin's logger)
+        log1 = f.read()
+    assert len(TRAIN_LINE.findall(log1)) == len(TRAIN_LINE.findall(log)) > 0
     assert {n for _, _, _, _, n in TRAIN_LINE.findall(log)} == {"22"}  # 1437 // (32 * 2) steps
     accs = ACC_LINE.findall(log)
     assert [n for n, _ in accs] == ["360", "360"]

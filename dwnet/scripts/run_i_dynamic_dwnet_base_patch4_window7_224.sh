@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# I-D-DWNet-B: 2 nodes x 8 GPUs, batch 64 per GPU x 2 accumulation steps (2048), fp32 (O0); its own config (officially the dynamic_dwnet_base one).
+# Train (default) or evaluate (MODE=eval RESUME=<checkpoint>); settings by environment variable, see _launch.sh.
+#   DATA_PATH=/data/imagenet bash dwnet/scripts/run_i_dynamic_dwnet_base_patch4_window7_224.sh
+#   DRY_RUN=1 bash dwnet/scripts/run_i_dynamic_dwnet_base_patch4_window7_224.sh          # print the command
+CONFIG=i_dynamic_dwnet_base_patch4_window7_224
+DEFAULT_NNODES=2 DEFAULT_BATCH=64 DEFAULT_ACCUM=2 DEFAULT_AMP=O0
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
