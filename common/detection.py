@@ -309,3 +309,31 @@ def demo_main(argv=None, prog=None, backbone=None):
 
 if __name__ == "__main__":
     sys.exit(demo_main())
+
+
+class PaperDetection:
+    """A paper's torchvision-detection entry points over its ``create_backbone`` (``<paper>/detection.py`` is one
+    instance): ``backbone`` / ``fasterrcnn`` / ``maskrcnn`` with the official detection configuration of the
+    backbone (``backbone_kwargs`` override it; ``pretrained_backbone`` is loaded through the backbone's
+    ``init_weights``, its report logged; otherwise the official init), and ``main``, the paper's
+    ``python -m <paper>.detection --demo``."""
+
+    def __init__(self, paper, name, kwargs):
+        self.paper, self.name, self.kwargs = paper, name, dict(kwargs)
+
+    def backbone(self, backbone_kwargs=None, pretrained_backbone=None):
+        create = importlib.import_module(self.paper).create_backbone
+        net = create(self.name, **{**self.kwargs, **(backbone_kwargs or {}), "pretrained": pretrained_backbone})
+        net.init_weights()
+        return net
+
+    def fasterrcnn(self, num_classes=91, backbone_kwargs=None, pretrained_backbone=None, **kwargs):
+        """torchvision ``FasterRCNN`` on the backbone + FPN; ``kwargs``: :func:`build_detector`'s."""
+        return build_detector("fasterrcnn", self.backbone(backbone_kwargs, pretrained_backbone), num_classes, **kwargs)
+
+    def maskrcnn(self, num_classes=91, backbone_kwargs=None, pretrained_backbone=None, **kwargs):
+        """torchvision ``MaskRCNN`` on the backbone + FPN; ``kwargs``: :func:`build_detector`'s."""
+        return build_detector("maskrcnn", self.backbone(backbone_kwargs, pretrained_backbone), num_classes, **kwargs)
+
+    def main(self, argv=None):
+        return demo_main(argv, prog=f"python -m {self.paper}.detection", backbone=f"{self.paper}:{self.name}")

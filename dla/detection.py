@@ -14,7 +14,7 @@ Demo (CPU, about a minute): train a small detector briefly on the digits COCO se
 """
 import sys
 
-from common.detection import build_detector, demo_main
+from common.detection import PaperDetection
 
 __all__ = ["BACKBONE", "BACKBONE_KWARGS", "backbone", "fasterrcnn", "maskrcnn", "main"]
 
@@ -22,30 +22,8 @@ BACKBONE = "ResNet_dlal"
 #: the official detection configuration of the backbone
 BACKBONE_KWARGS = dict(layers=[3, 4, 6, 3], frozen_stages=1, norm_eval=True, style='pytorch')
 
-
-def backbone(backbone_kwargs=None, pretrained_backbone=None):
-    """The detection backbone (official configuration, ``backbone_kwargs`` override), initialised: the
-    official init, or ``pretrained_backbone`` loaded (its report logged)."""
-    from dla import create_backbone
-
-    net = create_backbone(BACKBONE, **{**BACKBONE_KWARGS, **(backbone_kwargs or {}), "pretrained": pretrained_backbone})
-    net.init_weights()
-    return net
-
-
-def fasterrcnn(num_classes=91, backbone_kwargs=None, pretrained_backbone=None, **kwargs):
-    """torchvision ``FasterRCNN`` on the backbone + FPN; ``kwargs``: :func:`common.detection.build_detector`'s."""
-    return build_detector("fasterrcnn", backbone(backbone_kwargs, pretrained_backbone), num_classes, **kwargs)
-
-
-def maskrcnn(num_classes=91, backbone_kwargs=None, pretrained_backbone=None, **kwargs):
-    """torchvision ``MaskRCNN`` on the backbone + FPN; ``kwargs``: :func:`common.detection.build_detector`'s."""
-    return build_detector("maskrcnn", backbone(backbone_kwargs, pretrained_backbone), num_classes, **kwargs)
-
-
-def main(argv=None):
-    return demo_main(argv, prog="python -m dla.detection", backbone="dla:ResNet_dlal")
-
+_entry = PaperDetection("dla", BACKBONE, BACKBONE_KWARGS)
+backbone, fasterrcnn, maskrcnn, main = _entry.backbone, _entry.fasterrcnn, _entry.maskrcnn, _entry.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ Demo (CPU, about a minute): train a small detector briefly on the digits COCO se
 """
 import sys
 
-from common.detection import build_detector, demo_main
+from common.detection import PaperDetection
 
 __all__ = ["BACKBONE", "BACKBONE_KWARGS", "backbone", "fasterrcnn", "maskrcnn", "main"]
 
@@ -22,30 +22,8 @@ BACKBONE = "DWNet"
 #: the official detection configuration of the backbone
 BACKBONE_KWARGS = dict(embed_dim=96, depths=[2, 2, 6, 2], window_size=7, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.2, ape=False, patch_norm=True, out_indices=(0, 1, 2, 3), use_checkpoint=False, dynamic=False)
 
-
-def backbone(backbone_kwargs=None, pretrained_backbone=None):
-    """The detection backbone (official configuration, ``backbone_kwargs`` override), initialised: the
-    official init, or ``pretrained_backbone`` loaded (its report logged)."""
-    from dwnet import create_backbone
-
-    net = create_backbone(BACKBONE, **{**BACKBONE_KWARGS, **(backbone_kwargs or {}), "pretrained": pretrained_backbone})
-    net.init_weights()
-    return net
-
-
-def fasterrcnn(num_classes=91, backbone_kwargs=None, pretrained_backbone=None, **kwargs):
-    """torchvision ``FasterRCNN`` on the backbone + FPN; ``kwargs``: :func:`common.detection.build_detector`'s."""
-    return build_detector("fasterrcnn", backbone(backbone_kwargs, pretrained_backbone), num_classes, **kwargs)
-
-
-def maskrcnn(num_classes=91, backbone_kwargs=None, pretrained_backbone=None, **kwargs):
-    """torchvision ``MaskRCNN`` on the backbone + FPN; ``kwargs``: :func:`common.detection.build_detector`'s."""
-    return build_detector("maskrcnn", backbone(backbone_kwargs, pretrained_backbone), num_classes, **kwargs)
-
-
-def main(argv=None):
-    return demo_main(argv, prog="python -m dwnet.detection", backbone="dwnet:DWNet")
-
+_entry = PaperDetection("dwnet", BACKBONE, BACKBONE_KWARGS)
+backbone, fasterrcnn, maskrcnn, main = _entry.backbone, _entry.fasterrcnn, _entry.maskrcnn, _entry.main
 
 if __name__ == "__main__":
     sys.exit(main())
