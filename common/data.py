@@ -526,12 +526,18 @@ def build_demo_zip(root):
     tmp = dst + f".tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     write_zip_imagefolder(folder, tmp)
-    try:
-        os.replace(tmp, dst)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    _publish_dir(tmp, dst)
     return dst
 
+
+
+def _publish_dir(tmp, dst):
+    """Move the finished folder ``tmp`` to ``dst`` in one rename; when another process got there first, its
+    (identical) copy stays and ``tmp`` is removed."""
+    try:
+        os.replace(tmp, dst)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 def _digits_as_cifar():
     """sklearn digits (8x8, 0..16) -> uint8 (N, 32, 32, 3), bilinear upscaling; fixed stratified split."""
@@ -584,10 +590,7 @@ def build_demo_cifar(root):
     with open(os.path.join(tmp, "batches.meta"), "wb") as f:
         pickle.dump(meta, f, protocol=2)
     write_checksums(tmp, os.listdir(tmp))
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    _publish_dir(tmp, folder)
     return demo_root
 
 
@@ -630,10 +633,7 @@ def build_demo_imagefolder(root, verify=True):
             _write_png(os.path.join(tmp, *rel.split("/")), image)
             files.append(rel)
     write_checksums(tmp, files)
-    try:
-        os.replace(tmp, demo_root)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    _publish_dir(tmp, demo_root)
     return demo_root
 
 
