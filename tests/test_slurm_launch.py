@@ -379,8 +379,9 @@ def test_readme_shows_the_real_two_node_sbatch_script(tmp_path, monkeypatch):
                              "--time", "3-00:00:00", "--partition", "gpu", "--", "rlanet/train.py", "-a",
                              "rla_resnet50", "-b", "256", "/data/imagenet"])
     assert rc == 0, err
-    out = out.replace(str(tmp_path), "/home/me/layerzoo").replace(str(L.REPO_ROOT), "/home/me/layerzoo")
+    # the interpreter first: in a checkout's own .venv its path starts with the checkout's
     out = out.replace(sys.executable, "/home/me/venv/bin/python")
+    out = out.replace(str(tmp_path), "/home/me/layerzoo").replace(str(L.REPO_ROOT), "/home/me/layerzoo")
     for readme, indent in ((REPO / "slurm" / "README.md", ""), (REPO / "README.md", "  ")):
         blocks = [b.split(f"{indent}```", 1)[0] for b in readme.read_text().split(f"{indent}```bash\n")[1:]]
         two_node = [b for b in blocks if "#SBATCH --nodes=2" in b]
