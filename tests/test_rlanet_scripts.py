@@ -398,3 +398,27 @@ def test_best_reads_both_formats(tmp_path, capsys):
     (folder / "val_acc5.txt").unlink()
     err = _fails(capsys, best.main, ["--work-dir", str(tmp_path), "-ld", "rla_resnet50_"])
     assert "val_acc5.txt" in err
+
+
+def test_train_light_resume_continues_exactly(demo_dir, tmp_path):
+    """train_light.py (its own LR rule, 0.045 * 0.98^epoch): a run stopped after epoch 1 and resumed from its
+    last_checkpoint ends with the weights and curve logs of the uninterrupted 2-epoch run (the kill itself is
+    exercised on train.py, which shares the script skeleton)."""
+    from common.checkpoint import find_last_checkpoint
+    from rlanet import train_light
+
+    train_light.main([*TINY, "--demo", demo_dir, "--work-dir", str(tmp_path / "cut"), "--epochs", "1"])
+    cut = str(tmp_path / "cut" / "dsrla_mobilenetv2_k6_")
+    train_light.main([*TINY, "--demo", demo_dir, "--work-dir", str(tmp_path / "cut"), "--epochs", "2",
+                      "--resume", find_last_checkpoint(cut)])
+    train_light.main([*TINY, "--demo", demo_dir, "--work-dir", str(tmp_path / "full"), "--epochs", "2"])
+    full = str(tmp_path / "full" / "dsrla_mobilenetv2_k6_")
+    a = torch.load(os.path.join(cut, "checkpoint.pth.tar"), weights_only=True)
+    b = torch.load(os.path.join(full, "checkpoint.pth.tar"), weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"] == 0.045 * 0.98
+    for k, v in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][k], v), k
+    for name in ("loss_plot.txt", "val_acc1.txt"):
+        assert _curve(cut, name) == _curve(full, name)
+        assert [e for e, _ in _curve(cut, name)] == [0, 1]
