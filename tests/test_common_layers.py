@@ -1,6 +1,6 @@
 """common.layers: SE / ECA, FrozenBatchNorm2d, DropPath and the Swin blocks, each against an
 explicit float64 reference written here, plus the state_dict layouts the papers' checkpoints use
-(key names and shapes from the DLA and RLA-Net fact sheets' manifests)."""
+(key names and shapes of the official DLA and RLA-Net state_dicts)."""
 import math
 
 import pytest

@@ -34,7 +34,7 @@ OFFICIAL = {
 }
 BASE = [n for n in OFFICIAL if n.endswith("_base")]
 TINY = [n for n in OFFICIAL if n.endswith("_tiny")]
-# the official flops() at 224 (fact sheet, GMACs to 4 digits)
+# the official flops() at 224 (GMACs to 4 digits)
 OFFICIAL_GFLOPS = {"dwnet_tiny": 3.742, "dynamic_dwnet_tiny": 3.771, "i_dynamic_dwnet_tiny": 4.389,
                    "dwnet_base": 12.845, "dynamic_dwnet_base": 12.935, "i_dynamic_dwnet_base": 14.372}
 
@@ -102,7 +102,7 @@ def test_official_flops(name):
 
 @pytest.mark.parametrize("name,gmacs", [("dwnet_tiny", 3.743), ("dynamic_dwnet_tiny", 3.771)])
 def test_fvcore_macs(name, gmacs):
-    """common.flops (fvcore) at 224 gives the fact sheet's count of the official model."""
+    """common.flops (fvcore) at 224 gives the official model's count."""
     from common.flops import count_flops
 
     assert round(count_flops(dwnet.create_model(name), torch.randn(1, 3, 224, 224)) / 1e9, 3) == gmacs

@@ -235,7 +235,7 @@ def test_paras_flops_matches_shared_counter(capsys):
     text = capsys.readouterr().out.strip().splitlines()
     model = rlanet.create_model("dsrla_mobilenetv2")
     params, flops = count_params(model), count_flops(model, torch.randn(1, 3, 64, 64))
-    assert params == 3_624_168  # the fact sheet's count (one shared recurrent conv)
+    assert params == 3_624_168  # the official model's count (one shared recurrent conv)
     assert out == {"params": params, "flops": flops}
     assert text[-3] == f"{flops} {params}"
     assert text[-2] == f"{paras_flops.clever_format(flops)} {paras_flops.clever_format(params)}"
