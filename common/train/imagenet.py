@@ -367,13 +367,15 @@ def main_worker(env, args, recipe):
         is_best = va["top1"] > best_acc1
         best_acc1 = max(va["top1"], best_acc1)
         if env.is_main:
-            saver.save(model=bare, optimizer=optimizer, scaler=scaler, epoch=epoch + 1, best_metric=best_acc1,
-                       is_best=is_best, copies=list(recipe.copies(epoch, is_best)),
-                       extra={"arch": args.arch, "seed": seed, "args": vars(args)})
+            # the epoch's log rows before its checkpoint: a stop in between leaves rows that the resumed run
+            # (which restarts at the checkpoint's epoch) drops, never a checkpoint whose rows are missing
             record = epoch_record(epoch, lr, tr, va, best_acc1)
             record["lr_end"] = optimizer.param_groups[0]["lr"]
             curves.append(epoch, record)
             jsonl.log(record)
+            saver.save(model=bare, optimizer=optimizer, scaler=scaler, epoch=epoch + 1, best_metric=best_acc1,
+                       is_best=is_best, copies=list(recipe.copies(epoch, is_best)),
+                       extra={"arch": args.arch, "seed": seed, "args": vars(args)})
         log(f"epoch {epoch} train_time (h): {(time.perf_counter() - t0) / 3600:.4f}")
         D.barrier()
     if env.is_main and start_epoch < args.epochs:
