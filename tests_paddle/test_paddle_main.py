@@ -36,6 +36,7 @@ def test_train_save_resume_and_eval(demo, tmp_path, capsys):
     assert len(_summary_numbers(capsys.readouterr().out)) == 12
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert log[0]["epoch"] == 0 and len(log[0]["test_coco_eval_bbox"]) == 12
+    assert {"test_loss", "test_loss_ce", "test_loss_ce_unscaled", "test_class_error"} <= set(log[0])
 
     model_state, opt_state, meta = pmain.load_checkpoint(ckpt)
     assert meta["epoch"] == 0 and meta["lr_scheduler"]["last_epoch"] == 1
@@ -66,6 +67,7 @@ def test_eval_from_a_pytorch_checkpoint(demo, tmp_path, capsys):
     text = capsys.readouterr().out
     assert len(_summary_numbers(text)) == 12
     assert "Missing Keys" not in text
+    assert "Averaged stats: loss: " in text and " loss_giou_enc_unscaled: " in text
 
 
 @pytest.mark.parametrize("bad", ["missing.safetensors", "garbage.safetensors"])
@@ -99,3 +101,43 @@ def test_param_groups_follow_the_official_names():
     assert all("sampling_offsets" in names[id(p)] for p in groups[2]["params"])
     # backbone stem and layer1 stay frozen
     assert not any("layer1" in names[id(p)] or "body.conv1" in names[id(p)] for g in groups for p in g["params"])
+
+
+def test_eval_logs_the_criterion_losses_as_pytorch(demo):
+    """The evaluation pass logs the criterion's losses under the PyTorch engine's names, with the same
+    values on the same weights (torch ``dacdetr.engine.evaluate`` vs the Paddle ``evaluate``)."""
+    from torch.utils.data import DataLoader
+
+    from conftest import jitter_
+    from dacdetr.datasets import build_dataset, collate_fn, get_coco_api_from_dataset
+    from dacdetr.engine import evaluate as torch_evaluate
+    from dacdetr.main import get_args_parser
+    from dacdetr.models import build_model as torch_build
+    from dacdetr.paddle import build_model as paddle_build
+    from dacdetr.paddle.convert import load_into, torch_to_paddle
+
+    args = get_args_parser().parse_args(TINY + ["--coco_path", str(demo)])
+    torch.manual_seed(0)
+    tm, tc, tpost = torch_build(args)
+    jitter_(tm, 0)
+    pm, pc, ppost = paddle_build(args)
+    load_into(pm, torch_to_paddle(tm.state_dict()))
+    ds = build_dataset("val", args)
+    base_ds = get_coco_api_from_dataset(ds)
+    loader = DataLoader(ds, args.batch_size, shuffle=False, collate_fn=collate_fn)
+    t_stats, _ = torch_evaluate(tm, tc, tpost, loader, base_ds, "cpu", print_freq=100)
+    p_stats, _ = pmain.evaluate(pm, pc, ppost, ds, base_ds, args.batch_size, print_freq=100)
+
+    assert set(p_stats) == set(t_stats)
+    weighted = [k for k in tc.weight_dict if f"{k}_unscaled" in t_stats]
+    assert {"loss", "class_error", "loss_ce", "loss_bbox_one2one", "loss_giou_enc", "loss_ce_unscaled",
+            "cardinality_error_unscaled", "loss_bbox_dn_unscaled"} <= set(p_stats)
+    assert len(weighted) == 15 and all(k in p_stats for k in weighted)  # 1 layer: o2m, o2o, dn, dn_o2o, enc
+    assert p_stats["loss_bbox_dn_unscaled"] == 0.0  # eval mode: no denoising queries
+    for k, v in t_stats.items():
+        if k == "coco_eval_bbox":
+            np.testing.assert_allclose(p_stats[k], v, atol=1e-6)
+        else:
+            assert abs(p_stats[k] - v) <= 1e-4 * max(abs(v), 1e-3), (k, v, p_stats[k])
+    total = sum(t_stats[f"{k}_unscaled"] * tc.weight_dict[k] for k in weighted)
+    assert abs(p_stats["loss"] - total) <= 1e-4 * abs(total)

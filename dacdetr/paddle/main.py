@@ -34,7 +34,8 @@ import numpy as np
 __all__ = ["main", "cli", "build_param_groups", "save_checkpoint", "load_checkpoint", "evaluate",
            "train_one_epoch", "collate"]
 
-BALANCE_NUM = 3
+BALANCE_NUM = 3  # training: the one-to-many normaliser counts every gt 3 times
+BALANCE_NUM_EVAL = 2  # evaluation (the criterion's losses are only logged there), as the PyTorch engine
 
 
 def _paddle():
@@ -86,10 +87,28 @@ def _batches(dataset, batch_size, shuffle, rng, drop_last):
         yield collate([dataset[int(j)] for j in order[i:i + batch_size]])
 
 
-def _balance(targets):
+def _balance(targets, times=BALANCE_NUM):
     paddle = _paddle()
-    return [{k: paddle.concat([v] * BALANCE_NUM) if k in ("labels", "boxes") else v for k, v in t.items()}
+    return [{k: paddle.concat([v] * times) if k in ("labels", "boxes") else v for k, v in t.items()}
             for t in targets]
+
+
+class _Averages:
+    """Running means of named scalars (one value per batch), printed as ``name: mean`` pairs."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def update(self, **values):
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self):
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def __str__(self):
+        return "  ".join(f"{k}: {v:.4f}" for k, v in self.means().items())
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -211,19 +230,38 @@ def train_one_epoch(model, criterion, batches, optimizer, epoch, print_freq=10):
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def evaluate(model, postprocessors, dataset, base_ds, batch_size, print_freq=10):
-    """Detections of ``model(samples)`` (boxes in original pixels) scored with COCOeval; returns the evaluator."""
+def evaluate(model, criterion, postprocessors, dataset, base_ds, batch_size, print_freq=10):
+    """Detections of ``model(samples)`` (boxes in original pixels) scored with COCOeval, and, when
+    ``criterion`` is given, its losses on the same outputs (eval mode: no denoising terms; one-to-many
+    targets repeated ``BALANCE_NUM_EVAL`` times), logged under the PyTorch engine's names: ``loss`` (the
+    weighted total), each weighted term under its own name, every term unweighted as ``{name}_unscaled``
+    and ``class_error``, each averaged over the batches.
+
+    Returns ``(stats, evaluator)``; ``stats["coco_eval_bbox"]`` is the 12-number COCO summary."""
     import torch
 
     from dacdetr.datasets.coco_eval import CocoEvaluator
 
+    from .criterion import weighted_total
+
     paddle = _paddle()
     model.eval()
+    if criterion is not None:
+        criterion.eval()
     evaluator = CocoEvaluator(base_ds, ("bbox",))
+    averages = _Averages()
     start = time.time()
     with paddle.no_grad():
         for it, (samples, targets) in enumerate(_batches(dataset, batch_size, False, None, False)):
             outputs = model(samples)
+            if criterion is not None:
+                loss_dict = criterion(outputs, targets, _balance(targets, BALANCE_NUM_EVAL))
+                wd = criterion.weight_dict
+                scaled = {k: float(v) * wd[k] for k, v in loss_dict.items() if k in wd}
+                averages.update(loss=sum(scaled.values()), **scaled,
+                                **{f"{k}_unscaled": float(v) for k, v in loss_dict.items()})
+                if "class_error" in loss_dict:
+                    averages.update(class_error=float(loss_dict["class_error"]))
             sizes = paddle.stack([t["orig_size"] for t in targets])
             results = postprocessors["bbox"](outputs, sizes)
             evaluator.update({int(t["image_id"].numpy().reshape(-1)[0]): {k: torch.from_numpy(v.numpy())
@@ -231,10 +269,13 @@ def evaluate(model, postprocessors, dataset, base_ds, batch_size, print_freq=10)
                               for t, r in zip(targets, results)})
             if it % print_freq == 0:
                 print(f"Test: [{it}] ({time.time() - start:.1f} s)", flush=True)
+    print("Averaged stats:", averages, flush=True)
+    stats = averages.means()
     evaluator.synchronize_between_processes()
     evaluator.accumulate()
     evaluator.summarize()
-    return evaluator
+    stats["coco_eval_bbox"] = np.asarray(evaluator.coco_eval["bbox"].stats).tolist()
+    return stats, evaluator
 
 
 def _device(name):
@@ -298,7 +339,8 @@ def main(args):
             scheduler.step(scheduler.last_epoch)  # the current --lr / --lr_drop decide the schedule
             args.start_epoch = int(meta["epoch"]) + 1
     if args.eval:
-        evaluator = evaluate(model, postprocessors, ds_val, base_ds, args.batch_size, args.print_freq)
+        _, evaluator = evaluate(model, criterion, postprocessors, ds_val, base_ds, args.batch_size,
+                                args.print_freq)
         return evaluator
 
     ds_train = build_dataset("train", args)
@@ -318,10 +360,11 @@ def main(args):
         if output_dir is not None:
             for name in ("checkpoint.safetensors", f"checkpoint{epoch:04}.safetensors"):
                 save_checkpoint(output_dir / name, model, optimizer, scheduler, epoch, args)
-        evaluator = evaluate(model, postprocessors, ds_val, base_ds, args.batch_size, args.print_freq)
+        test_stats, _ = evaluate(model, criterion, postprocessors, ds_val, base_ds, args.batch_size,
+                                 args.print_freq)
         if output_dir is not None:
             stats = {**{f"train_{k}": v for k, v in train_stats.items()},
-                     "test_coco_eval_bbox": np.asarray(evaluator.coco_eval["bbox"].stats).tolist(),
+                     **{f"test_{k}": v for k, v in test_stats.items()},
                      "epoch": epoch, "n_parameters": n_parameters}
             with (output_dir / "log.txt").open("a") as f:
                 f.write(json.dumps(stats) + "\n")
