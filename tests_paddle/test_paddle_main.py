@@ -1,5 +1,7 @@
 """``python -m dacdetr.paddle.main``: train, save, resume, evaluate (12 COCO numbers), bad input -> exit 2."""
 import json
+import math
+import warnings
 
 import numpy as np
 import paddle
@@ -141,3 +143,87 @@ def test_eval_logs_the_criterion_losses_as_pytorch(demo):
             assert abs(p_stats[k] - v) <= 1e-4 * max(abs(v), 1e-3), (k, v, p_stats[k])
     total = sum(t_stats[f"{k}_unscaled"] * tc.weight_dict[k] for k in weighted)
     assert abs(p_stats["loss"] - total) <= 1e-4 * abs(total)
+
+
+def test_use_fp16_on_cpu_exits_2(demo, tmp_path, capsys):
+    """Paddle's auto_cast has no effect on the CPU: training with --use_fp16 there is refused clearly."""
+    with pytest.raises(SystemExit) as e:
+        pmain.cli(TINY + ["--coco_path", str(demo), "--output_dir", str(tmp_path / "out"), "--use_fp16"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --use_fp16") and "GPU" in err
+    assert not (tmp_path / "out" / "checkpoint.safetensors").exists()
+
+
+def _scaler_enabled_on_cpu(scale):
+    """A ``paddle.amp.GradScaler`` switched on although the place is the CPU (Paddle 3.3.1 turns it off
+    there, with a warning): the attributes its constructor sets when enabled. Its ops (scale,
+    check_finite_and_unscale, update_loss_scaling) have CPU kernels, so the update path can be checked."""
+    from collections import defaultdict
+
+    from paddle.amp.grad_scaler import _refresh_optimizer_state
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scaler = paddle.amp.GradScaler(init_loss_scaling=scale)
+    flag = lambda: paddle.to_tensor(np.array([0]).astype(np.bool_))  # noqa: E731
+    scaler.__dict__.update(
+        _enable=True, _use_dynamic_loss_scaling=True, _init_loss_scaling=scale, _incr_ratio=2.0, _decr_ratio=0.5,
+        _incr_every_n_steps=2000, _decr_every_n_nan_or_inf=1, _incr_count=0, _decr_count=0, _found_inf=flag(),
+        _temp_found_inf_value_false=flag(), _temp_found_inf_fp16=flag(), _temp_found_inf_bf16=flag(),
+        _temp_found_inf_fp32=flag(), _scale=paddle.to_tensor(np.array([scale], np.float32)), _cache_found_inf=None,
+        _optimizer_states=defaultdict(_refresh_optimizer_state))
+    assert scaler.is_enable() and float(scaler.scale(paddle.ones([1]))[0]) == scale
+    return scaler
+
+
+def test_grad_scaler_step_equals_the_plain_step(demo):
+    """The --use_fp16 update path (loss x 2**16, backward, unscale, global-norm clip, SGD step) gives the
+    same parameters as the plain step: the scale is undone before clipping (the clip norm, 1e4, is above
+    the true gradients' norm and far below the scaled ones'). (Autocast and the scaler act
+    on a GPU only; here the scaler is switched on by hand to check the update order on the CPU.)"""
+    from dacdetr.datasets import build_dataset
+    from dacdetr.main import get_args_parser
+    from dacdetr.paddle import build_model
+    from dacdetr.paddle.convert import load_into
+
+    args = get_args_parser().parse_args(TINY + ["--coco_path", str(demo), "--batch_size", "2"])
+    ds = build_dataset("train", args)
+    batch = next(pmain._batches(ds, 2, False, None, True))
+    paddle.seed(0)
+    model_a, criterion_a, _ = build_model(args)
+    model_b, criterion_b, _ = build_model(args)
+    load_into(model_b, model_a.state_dict())
+    before = {k: v.numpy().copy() for k, v in model_a.named_parameters()}
+    params = {}
+    for name, model, criterion in (("plain", model_a, criterion_a), ("scaled", model_b, criterion_b)):
+        opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.9, parameters=pmain.build_param_groups(model, args),
+                                        grad_clip=paddle.nn.ClipGradByGlobalNorm(1e4))
+        scaler = _scaler_enabled_on_cpu(2.0 ** 16) if name == "scaled" else None
+        paddle.seed(1)  # same denoising queries and one-to-many subsets in both runs
+        stats = pmain.train_one_epoch(model, criterion, [batch], opt, 0, print_freq=100, scaler=scaler)
+        assert math.isfinite(stats["loss"])
+        params[name] = {k: v.numpy().copy() for k, v in model.named_parameters() if not v.stop_gradient}
+    moved = [k for k in params["plain"] if not np.array_equal(params["plain"][k], before[k])]
+    assert len(moved) > 20
+    for k in params["plain"]:
+        np.testing.assert_allclose(params["scaled"][k], params["plain"][k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_deformable_attention_runs_in_float32_under_autocast(monkeypatch):
+    """Under mixed precision the deformable attention casts half-precision inputs to float32 and runs with
+    autocast off, as the PyTorch layer; emulated on the CPU by reporting autocast as on."""
+    from dacdetr.paddle.transformer import MSDeformAttn
+
+    paddle.seed(0)
+    layer = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
+    shapes = [(3, 4), (2, 2)]
+    rng = np.random.RandomState(0)
+    query = paddle.to_tensor(rng.randn(1, 5, 16).astype(np.float16))
+    src = paddle.to_tensor(rng.randn(1, 16, 16).astype(np.float16))
+    ref = paddle.to_tensor(rng.rand(1, 5, 2, 2).astype(np.float32))
+    expected = layer(query.astype("float32"), ref, src.astype("float32"), shapes)
+    monkeypatch.setattr(paddle.amp, "is_autocast_enabled", lambda *a, **k: True)
+    out = layer(query, ref, src, shapes)
+    assert out.dtype == paddle.float32
+    np.testing.assert_array_equal(out.numpy(), expected.numpy())

@@ -203,21 +203,32 @@ def load_checkpoint(path):
 
 
 # ----------------------------------------------------------------------------- loops
-def train_one_epoch(model, criterion, batches, optimizer, epoch, print_freq=10):
+def train_one_epoch(model, criterion, batches, optimizer, epoch, print_freq=10, scaler=None, amp=False):
+    """One pass over ``batches``. ``amp``: forward and criterion under ``paddle.amp.auto_cast`` (float16,
+    level O1; the deformable attention stays float32); ``scaler``: a ``paddle.amp.GradScaler`` that scales
+    the loss for the backward and unscales the gradients before the optimizer's clipping and step (a step
+    with non-finite gradients is skipped and the scale backs off), as the PyTorch engine's GradScaler."""
+    paddle = _paddle()
     model.train()
     criterion.train()
     from .criterion import weighted_total
 
     sums, n, start = {}, 0, time.time()
     for it, (samples, targets) in enumerate(batches):
-        outputs = model(samples, targets)
-        loss_dict = criterion(outputs, targets, _balance(targets))
+        with paddle.amp.auto_cast(enable=amp, level="O1", dtype="float16"):
+            outputs = model(samples, targets)
+            loss_dict = criterion(outputs, targets, _balance(targets))
         loss = weighted_total(loss_dict, criterion.weight_dict)
         value = float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(f"Loss is {value}, stopping training ({ {k: float(v) for k, v in loss_dict.items()} })")
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # unscales first; the optimizer's grad_clip then sees true gradients
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         optimizer.clear_grad()
         n += 1
         sums["loss"] = sums.get("loss", 0.0) + value
@@ -295,7 +306,12 @@ def main(args):
     from . import build_model
     from .convert import load_into
 
-    paddle.set_device(_device(args.device))
+    device = _device(args.device)
+    if args.use_fp16 and not args.eval and device == "cpu":
+        raise ValueError("--use_fp16: Paddle's mixed precision (paddle.amp.auto_cast) runs on GPUs only; on the CPU "
+                         "it has no effect (PaddlePaddle 3.3.1). Train without --use_fp16, or on a GPU "
+                         "(paddlepaddle-gpu, --device cuda)")
+    paddle.set_device(device)
     check_coco_root(args.coco_path, ("val",) if args.eval else ("train", "val"))
     paddle.seed(args.seed)
     np.random.seed(args.seed)
@@ -345,12 +361,17 @@ def main(args):
 
     ds_train = build_dataset("train", args)
     output_dir = Path(args.output_dir) if args.output_dir else None
+    # --use_fp16 (GPU only, checked above): float16 autocast + a GradScaler with torch.amp.GradScaler's
+    # defaults (initial scale 2**16, x2 after 2000 clean steps, x0.5 after each overflow); not checkpointed
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16, incr_ratio=2.0, decr_ratio=0.5,
+                                   incr_every_n_steps=2000, decr_every_n_nan_or_inf=1) if args.use_fp16 else None
     print("Start training")
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         batches = _batches(ds_train, args.batch_size, True, rng, True)
         try:
-            train_stats = train_one_epoch(model, criterion, batches, optimizer, epoch, args.print_freq)
+            train_stats = train_one_epoch(model, criterion, batches, optimizer, epoch, args.print_freq,
+                                          scaler=scaler, amp=scaler is not None)
         except FloatingPointError as e:
             last = output_dir / "checkpoint.safetensors" if output_dir is not None else None
             kept = f" The last good checkpoint is kept: {last}" if last is not None and last.exists() else ""
