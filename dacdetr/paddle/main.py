@@ -4,6 +4,7 @@
 
     python -m dacdetr.paddle.main --eval --resume checkpoint0011.pth --coco_path data/coco <config flags>
     python -m dacdetr.paddle.main --coco_path data/coco --output_dir out <config flags>
+    python -m paddle.distributed.launch --nproc_per_node 2 dacdetr/paddle/main.py <the same flags>
 
 ``--resume`` takes a Paddle checkpoint written here (``.safetensors``) or a PyTorch DAC-DETR checkpoint
 (``.pth``, ours or the official release; read safely and converted with :mod:`dacdetr.paddle.convert`).
@@ -24,6 +25,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -67,7 +69,7 @@ def build_param_groups(model, args):
 def collate(batch):
     """[(image (3, H, W) array-like, target dict), ...] -> (NestedTensor, [target dicts of Paddle tensors])."""
     paddle = _paddle()
-    from .ops import nested_tensor_from_tensor_list
+    from dacdetr.paddle.ops import nested_tensor_from_tensor_list
 
     images = [paddle.to_tensor(np.asarray(img, dtype=np.float32)) for img, _ in batch]
     targets = []
@@ -80,8 +82,22 @@ def collate(batch):
     return nested_tensor_from_tensor_list(images), targets
 
 
-def _batches(dataset, batch_size, shuffle, rng, drop_last):
+def _shard(order, rank, world):
+    """This rank's contiguous slice of ``order`` (padded by repeating from the start to a multiple of
+    ``world``): the split of the PyTorch script's ContiguousDistributedSampler."""
+    if world <= 1:
+        return order
+    per = -(-len(order) // world)
+    order = list(order)
+    while len(order) < per * world:
+        order += order[:per * world - len(order)]
+    return np.asarray(order[rank * per:(rank + 1) * per], dtype=np.int64)
+
+
+def _batches(dataset, batch_size, shuffle, rng, drop_last, rank=0, world=1):
+    """Batches of this rank's share of the dataset; ``rng`` (the same on every rank) draws the order."""
     order = rng.permutation(len(dataset)) if shuffle else np.arange(len(dataset))
+    order = _shard(order, rank, world)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for i in range(0, stop, batch_size):
         yield collate([dataset[int(j)] for j in order[i:i + batch_size]])
@@ -93,8 +109,38 @@ def _balance(targets, times=BALANCE_NUM):
             for t in targets]
 
 
+def _world():
+    """(rank, world size) of this process (0, 1 unless launched with several processes)."""
+    paddle = _paddle()
+    if paddle.distributed.is_initialized():
+        return paddle.distributed.get_rank(), paddle.distributed.get_world_size()
+    return 0, 1
+
+
+def _mean_over_ranks(values):
+    """{name: float} averaged over the processes (keys in sorted order on every rank)."""
+    paddle = _paddle()
+    _, world = _world()
+    if world <= 1 or not values:
+        return dict(values)
+    names = sorted(values)
+    t = paddle.to_tensor(np.asarray([values[k] for k in names], np.float64))
+    paddle.distributed.all_reduce(t)
+    return dict(zip(names, (t.numpy() / world).tolist()))
+
+
+def _gather_objects(obj):
+    """Every rank's ``obj`` (a one-element list in a single process)."""
+    paddle = _paddle()
+    if _world()[1] <= 1:
+        return [obj]
+    out = []
+    paddle.distributed.all_gather_object(out, obj)
+    return out
+
+
 class _Averages:
-    """Running means of named scalars (one value per batch), printed as ``name: mean`` pairs."""
+    """Running means of named scalars (one value per batch)."""
 
     def __init__(self):
         self.sums, self.counts = {}, {}
@@ -107,8 +153,7 @@ class _Averages:
     def means(self):
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
-    def __str__(self):
-        return "  ".join(f"{k}: {v:.4f}" for k, v in self.means().items())
+
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -170,7 +215,7 @@ def load_checkpoint(path):
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     if p.suffix in (".pth", ".pt", ".bin") or p.name.endswith(".pth.tar"):
-        from .convert import load_torch_file, torch_to_paddle
+        from dacdetr.paddle.convert import load_torch_file, torch_to_paddle
 
         state = torch_to_paddle(load_torch_file(str(p)))
         if state.report.get("unused"):
@@ -211,8 +256,9 @@ def train_one_epoch(model, criterion, batches, optimizer, epoch, print_freq=10, 
     paddle = _paddle()
     model.train()
     criterion.train()
-    from .criterion import weighted_total
+    from dacdetr.paddle.criterion import weighted_total
 
+    _, world = _world()
     sums, n, start = {}, 0, time.time()
     for it, (samples, targets) in enumerate(batches):
         with paddle.amp.auto_cast(enable=amp, level="O1", dtype="float16"):
@@ -220,6 +266,11 @@ def train_one_epoch(model, criterion, batches, optimizer, epoch, print_freq=10, 
             loss_dict = criterion(outputs, targets, _balance(targets))
         loss = weighted_total(loss_dict, criterion.weight_dict)
         value = float(loss)
+        if world > 1:  # every process stops together (no rank left waiting in a collective)
+            bad = paddle.to_tensor([0.0 if math.isfinite(value) else 1.0])
+            paddle.distributed.all_reduce(bad)
+            if float(bad.numpy()[0]) > 0 and math.isfinite(value):
+                raise FloatingPointError("Loss is not finite on another process, stopping training")
         if not math.isfinite(value):
             raise FloatingPointError(f"Loss is {value}, stopping training ({ {k: float(v) for k, v in loss_dict.items()} })")
         if scaler is not None:
@@ -238,7 +289,7 @@ def train_one_epoch(model, criterion, batches, optimizer, epoch, print_freq=10, 
         if it % print_freq == 0:
             print(f"Epoch: [{epoch}] [{it}] loss: {value:.4f} lr: {optimizer.get_lr():.6f} "
                   f"({time.time() - start:.1f} s)", flush=True)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    return _mean_over_ranks({k: v / max(n, 1) for k, v in sums.items()})
 
 
 def evaluate(model, criterion, postprocessors, dataset, base_ds, batch_size, print_freq=10):
@@ -248,12 +299,15 @@ def evaluate(model, criterion, postprocessors, dataset, base_ds, batch_size, pri
     weighted total), each weighted term under its own name, every term unweighted as ``{name}_unscaled``
     and ``class_error``, each averaged over the batches.
 
+    With several processes each evaluates its contiguous share of the images; the losses are averaged
+    over the processes and the detections of all of them are merged into one COCO evaluation.
+
     Returns ``(stats, evaluator)``; ``stats["coco_eval_bbox"]`` is the 12-number COCO summary."""
     import torch
 
     from dacdetr.datasets.coco_eval import CocoEvaluator
 
-    from .criterion import weighted_total
+    from dacdetr.paddle.criterion import weighted_total
 
     paddle = _paddle()
     model.eval()
@@ -263,7 +317,8 @@ def evaluate(model, criterion, postprocessors, dataset, base_ds, batch_size, pri
     averages = _Averages()
     start = time.time()
     with paddle.no_grad():
-        for it, (samples, targets) in enumerate(_batches(dataset, batch_size, False, None, False)):
+        rank, world = _world()
+        for it, (samples, targets) in enumerate(_batches(dataset, batch_size, False, None, False, rank, world)):
             outputs = model(samples)
             if criterion is not None:
                 loss_dict = criterion(outputs, targets, _balance(targets, BALANCE_NUM_EVAL))
@@ -280,9 +335,9 @@ def evaluate(model, criterion, postprocessors, dataset, base_ds, batch_size, pri
                               for t, r in zip(targets, results)})
             if it % print_freq == 0:
                 print(f"Test: [{it}] ({time.time() - start:.1f} s)", flush=True)
-    print("Averaged stats:", averages, flush=True)
-    stats = averages.means()
-    evaluator.synchronize_between_processes()
+    stats = _mean_over_ranks(averages.means())
+    print("Averaged stats:", "  ".join(f"{k}: {v:.4f}" for k, v in stats.items()), flush=True)
+    evaluator.synchronize_between_processes(gather=_gather_objects)
     evaluator.accumulate()
     evaluator.summarize()
     stats["coco_eval_bbox"] = np.asarray(evaluator.coco_eval["bbox"].stats).tolist()
@@ -298,13 +353,28 @@ def _device(name):
     return "cpu"
 
 
+def _init_distributed(args):
+    """Join the process group when started by ``python -m paddle.distributed.launch`` (or
+    ``paddle.distributed.spawn``) with several processes: NCCL on GPUs, gloo on the CPU. Sets
+    ``args.distributed`` / ``rank`` / ``world_size``; only rank 0 prints. Returns (rank, world size)."""
+    paddle = _paddle()
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if world > 1 and not paddle.distributed.is_initialized():
+        paddle.distributed.init_parallel_env()
+    rank, world = _world()
+    args.distributed, args.rank, args.world_size = world > 1, rank, world
+    if rank != 0:  # the official setup_for_distributed: the other processes stay quiet
+        sys.stdout = open(os.devnull, "w")
+    return rank, world
+
+
 def main(args):
     paddle = _paddle()
     from dacdetr.datasets import build_dataset, get_coco_api_from_dataset
     from dacdetr.datasets.coco import check_coco_root
 
-    from . import build_model
-    from .convert import load_into
+    from dacdetr.paddle import build_model
+    from dacdetr.paddle.convert import load_into
 
     device = _device(args.device)
     if args.use_fp16 and not args.eval and device == "cpu":
@@ -312,10 +382,11 @@ def main(args):
                          "it has no effect (PaddlePaddle 3.3.1). Train without --use_fp16, or on a GPU "
                          "(paddlepaddle-gpu, --device cuda)")
     paddle.set_device(device)
+    rank, world = _init_distributed(args)
     check_coco_root(args.coco_path, ("val",) if args.eval else ("train", "val"))
-    paddle.seed(args.seed)
-    np.random.seed(args.seed)
-    rng = np.random.RandomState(args.seed)
+    paddle.seed(args.seed + rank)  # CDN noise / one-to-many subsets differ per process, as in PyTorch
+    np.random.seed(args.seed + rank)
+    rng = np.random.RandomState(args.seed)  # the data order: the same permutation on every process
     print(args)
     model, criterion, postprocessors = build_model(args)
     n_parameters = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
@@ -365,12 +436,15 @@ def main(args):
     # defaults (initial scale 2**16, x2 after 2000 clean steps, x0.5 after each overflow); not checkpointed
     scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16, incr_ratio=2.0, decr_ratio=0.5,
                                    incr_every_n_steps=2000, decr_every_n_nan_or_inf=1) if args.use_fp16 else None
+    # several processes: gradients averaged by DataParallel (weights broadcast from rank 0 when wrapped);
+    # the bare model is saved and evaluated
+    train_model = paddle.DataParallel(model) if world > 1 else model
     print("Start training")
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        batches = _batches(ds_train, args.batch_size, True, rng, True)
+        batches = _batches(ds_train, args.batch_size, True, rng, True, rank, world)
         try:
-            train_stats = train_one_epoch(model, criterion, batches, optimizer, epoch, args.print_freq,
+            train_stats = train_one_epoch(train_model, criterion, batches, optimizer, epoch, args.print_freq,
                                           scaler=scaler, amp=scaler is not None)
         except FloatingPointError as e:
             last = output_dir / "checkpoint.safetensors" if output_dir is not None else None
@@ -378,12 +452,14 @@ def main(args):
             print(f"{e}{kept}", file=sys.stderr, flush=True)
             sys.exit(1)
         scheduler.step()
-        if output_dir is not None:
+        if output_dir is not None and rank == 0:
             for name in ("checkpoint.safetensors", f"checkpoint{epoch:04}.safetensors"):
                 save_checkpoint(output_dir / name, model, optimizer, scheduler, epoch, args)
+        if world > 1:
+            paddle.distributed.barrier()
         test_stats, _ = evaluate(model, criterion, postprocessors, ds_val, base_ds, args.batch_size,
                                  args.print_freq)
-        if output_dir is not None:
+        if output_dir is not None and rank == 0:
             stats = {**{f"train_{k}": v for k, v in train_stats.items()},
                      **{f"test_{k}": v for k, v in test_stats.items()},
                      "epoch": epoch, "n_parameters": n_parameters}
