@@ -49,6 +49,7 @@ def test_train_save_resume_and_eval(demo, tmp_path, capsys):
     pmain.cli(flags + ["--epochs", "2", "--resume", str(ckpt)])
     text = capsys.readouterr().out
     assert "Epoch: [1] [0]" in text and "lr: 0.000020" in text
+    assert text.index(" Average ") < text.index("Epoch: [1] [0]")  # the resumed weights evaluated first
     assert (out / "checkpoint0001.safetensors").is_file()
 
     # --eval --resume prints the 12-number summary of the saved weights

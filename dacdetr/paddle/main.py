@@ -425,6 +425,8 @@ def main(args):
             scheduler.step_size, scheduler.gamma, scheduler.base_lr = args.lr_drop, 0.1, args.lr
             scheduler.step(scheduler.last_epoch)  # the current --lr / --lr_drop decide the schedule
             args.start_epoch = int(meta["epoch"]) + 1
+        if not args.eval:  # check the resumed weights once before training, as the PyTorch script does
+            evaluate(model, criterion, postprocessors, ds_val, base_ds, args.batch_size, args.print_freq)
     if args.eval:
         _, evaluator = evaluate(model, criterion, postprocessors, ds_val, base_ds, args.batch_size,
                                 args.print_freq)
