@@ -12,8 +12,9 @@ Recipe as the PyTorch script: AdamW (or SGD with ``--sgd``) with three parameter
 ``--lr``; names containing ``--lr_backbone_names``: ``--lr_backbone``; names containing
 ``--lr_linear_proj_names``: ``--lr x --lr_linear_proj_mult``), weight decay on all, global-norm gradient
 clipping ``--clip_max_norm``, StepLR (``--lr_drop``, gamma 0.1) per epoch, one-to-many targets
-normalised by 3 x the boxes. Data: the COCO dataset and transforms of :mod:`dacdetr.datasets` (images
-arrive as arrays), evaluation with pycocotools through :class:`dacdetr.datasets.coco_eval.CocoEvaluator`.
+normalised by 3 x the boxes. Data: COCO with the official augmentation in NumPy / PIL
+(:mod:`dacdetr.paddle.data`), evaluation with pycocotools through
+:class:`dacdetr.datasets.coco_eval.CocoEvaluator`.
 
 Checkpoints (``output_dir/checkpoint.safetensors`` and ``checkpoint{epoch:04}.safetensors``) hold only
 arrays (model weights, optimizer accumulators) plus a JSON header (epoch, scheduler, optimizer scalars,
@@ -26,6 +27,7 @@ import datetime
 import json
 import math
 import os
+import random
 import sys
 import time
 import warnings
@@ -370,11 +372,10 @@ def _init_distributed(args):
 
 def main(args):
     paddle = _paddle()
-    from dacdetr.datasets import build_dataset, get_coco_api_from_dataset
     from dacdetr.datasets.coco import check_coco_root
-
     from dacdetr.paddle import build_model
     from dacdetr.paddle.convert import load_into
+    from dacdetr.paddle.data import build as build_dataset
 
     device = _device(args.device)
     if args.use_fp16 and not args.eval and device == "cpu":
@@ -384,8 +385,9 @@ def main(args):
     paddle.set_device(device)
     rank, world = _init_distributed(args)
     check_coco_root(args.coco_path, ("val",) if args.eval else ("train", "val"))
-    paddle.seed(args.seed + rank)  # CDN noise / one-to-many subsets differ per process, as in PyTorch
+    paddle.seed(args.seed + rank)  # CDN noise / one-to-many subsets / augmentation differ per process
     np.random.seed(args.seed + rank)
+    random.seed(args.seed + rank)
     rng = np.random.RandomState(args.seed)  # the data order: the same permutation on every process
     print(args)
     model, criterion, postprocessors = build_model(args)
@@ -393,7 +395,7 @@ def main(args):
     print("number of params:", n_parameters)
     ds_val = build_dataset("train" if args.eval_in_training_set else "val", args,
                            eval_in_training_set=args.eval_in_training_set)
-    base_ds = get_coco_api_from_dataset(ds_val)
+    base_ds = ds_val.coco
 
     scheduler = paddle.optimizer.lr.StepDecay(learning_rate=args.lr, step_size=args.lr_drop, gamma=0.1)
     clip = paddle.nn.ClipGradByGlobalNorm(args.clip_max_norm) if args.clip_max_norm > 0 else None
