@@ -86,9 +86,11 @@ class CocoEvaluator:
                 out.append(dict(det, segmentation=rle))
         return out
 
-    def synchronize_between_processes(self):
-        """Gather every rank's image ids and detections; de-duplicate repeated images."""
-        gathered = all_gather_object((self.img_ids, self.results))
+    def synchronize_between_processes(self, gather=None):
+        """Gather every rank's image ids and detections; de-duplicate repeated images. ``gather``: a
+        function object -> list of every rank's object (default ``common.distributed.all_gather_object``;
+        another framework's collective can be passed)."""
+        gathered = (gather or all_gather_object)((self.img_ids, self.results))
         seen, img_ids = set(), []
         results = {t: [] for t in self.iou_types}
         for ids, res in gathered:

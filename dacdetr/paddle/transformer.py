@@ -42,6 +42,11 @@ def _cast(x, ref):
     return x if x.dtype == ref.dtype else x.astype(ref.dtype)
 
 
+def _fp32(x):
+    """Half-precision (float16 / bfloat16) tensors as float32; anything else unchanged."""
+    return x.astype("float32") if x.dtype in (paddle.float16, paddle.bfloat16) else x
+
+
 class MSDeformAttn(nn.Layer):
     """Multi-scale deformable attention (d_model, L levels, M heads, P points per level and head)."""
 
@@ -76,7 +81,16 @@ class MSDeformAttn(nn.Layer):
 
     def forward(self, query, reference_points, input_flatten, spatial_shapes, padding_mask=None):
         """query (B, Lq, C); reference_points (B, Lq, L, 2) points or (B, Lq, L, 4) boxes; input_flatten
-        (B, S, C); spatial_shapes: L python pairs [H, W]; padding_mask (B, S) True on padding."""
+        (B, S, C); spatial_shapes: L python pairs [H, W]; padding_mask (B, S) True on padding.
+        Under ``paddle.amp.auto_cast`` the whole layer runs in float32 (half-precision inputs cast, mixed
+        precision off inside), as the PyTorch layer does under CUDA autocast."""
+        if paddle.amp.is_autocast_enabled():
+            with paddle.amp.auto_cast(enable=False):
+                return self._forward(_fp32(query), _fp32(reference_points), _fp32(input_flatten), spatial_shapes,
+                                     padding_mask)
+        return self._forward(query, reference_points, input_flatten, spatial_shapes, padding_mask)
+
+    def _forward(self, query, reference_points, input_flatten, spatial_shapes, padding_mask):
         n, len_q, _ = query.shape
         len_in = input_flatten.shape[1]
         m, lv, p = self.n_heads, self.n_levels, self.n_points
